@@ -1,0 +1,3 @@
+from cohortgate.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Routing policy: schema, loading with line-numbered errors, compilation."""
