@@ -1,0 +1,115 @@
+"""Text utilities for the deterministic evaluators: normalisation, numbers, claims, refusals.
+
+All pure functions with no dependencies, so their behaviour can be hand-checked in tests.
+Numbers are canonicalised ("$1,200.00" -> "1200") so that money and durations compare
+exactly whatever their formatting.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUM = re.compile(r"(?<![A-Za-z])\d[\d,]*(?:\.\d+)?")
+_WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+STOPWORDS = frozenset(
+    """a an the and or but if then so to of in on at by for with from as is are was were be been being
+    it its this that these those i you we they he she your our my me us them his her their do does did
+    have has had will would can could should may might must shall not no yes just also very please
+    there here what which who whom when where why how about into over under up down out than too
+    any all each some such only own same other more most s t""".split()
+)
+
+# Phrases that mark a refusal / redirection. Deliberately phrase-level (not single words) so
+# that "sorry for the delay, here is your refund" is not read as a refusal.
+_REFUSAL = re.compile(
+    r"\b(?:i\s*(?:am|'m)\s*(?:not able|unable)|i\s*(?:can(?:no|')t|cannot|won't|will not)\s+(?:help|assist|provide|"
+    r"answer|give|do|write|offer|advise|recommend)|(?:is|are|falls?)\s+outside\s+(?:of\s+)?(?:my|our|the)\s+"
+    r"(?:scope|area|support)|(?:only|just)\s+(?:able\s+to\s+)?(?:help|assist|answer)\s+(?:you\s+)?with|not\s+(?:something|"
+    r"a\s+topic)\s+(?:i|we)\s+can|not\s+able\s+to\s+(?:help|assist))",
+    re.I,
+)
+_POLITE = re.compile(r"\b(?:sorry|apolog|unfortunately|happy to help|glad to help|thank|please|appreciate)", re.I)
+_NONFACTUAL = re.compile(
+    r"^(?:hi|hello|hey|dear|thanks|thank you|sure|of course|certainly|absolutely|great question|"
+    r"i(?:'d| would) be (?:happy|glad)|happy to help|glad to help|let me know|feel free|please let|"
+    r"is there anything|i hope|hope this|best regards|kind regards|regards|cheers)\b",
+    re.I,
+)
+_SPECIFIC = re.compile(r"\b[A-Z]{2,}-\d+\b|\$\s?\d|\d+\s?%|\b\d{1,4}(?:[/-]\d{1,2}){1,2}\b|\d")
+
+
+def canon_number(s: str) -> str:
+    v = s.replace(",", "")
+    if "." in v:
+        v = v.rstrip("0").rstrip(".")
+    return v.lstrip("0") or "0"
+
+
+def numbers(text: str) -> set[str]:
+    return {canon_number(m) for m in _NUM.findall(text)}
+
+
+def normalize(text: str) -> str:
+    """Lowercase, numbers canonical, punctuation (except inside words) dropped, spaces collapsed."""
+    t = _NUM.sub(lambda m: canon_number(m.group(0)), text.lower())
+    return " ".join(_WORD.findall(t))
+
+
+def _stem(w: str) -> str:
+    # Minimal plural/tense folding: enough for "refunds"/"refunded"/"refund".
+    for suf in ("ing", "ed", "es", "s"):
+        if len(w) > len(suf) + 3 and w.endswith(suf):
+            return w[: -len(suf)]
+    return w
+
+
+def content_tokens(text: str) -> list[str]:
+    return [_stem(w) for w in normalize(text).split() if w not in STOPWORDS]
+
+
+def stem_norm(text: str) -> str:
+    """normalize() with every word stemmed: the form phrase matching works on."""
+    return " ".join(_stem(w) for w in normalize(text).split())
+
+
+def contains_phrase(haystack_norm: str, phrase: str) -> bool:
+    """Whole-token containment of a phrase in stem_norm()ed text (plurals/tenses folded)."""
+    p = stem_norm(phrase)
+    return bool(p) and f" {p} " in f" {haystack_norm} "
+
+
+def criterion_met(output_norm: str, criterion: str) -> bool:
+    return any(contains_phrase(output_norm, alt) for alt in criterion.split("|"))
+
+
+def is_refusal(text: str) -> bool:
+    return bool(_REFUSAL.search(text))
+
+
+def is_polite(text: str) -> bool:
+    return bool(_POLITE.search(text))
+
+
+def split_claims(text: str) -> list[str]:
+    """Factual claims of an answer: sentences/bullets, minus greetings, offers and questions."""
+    parts: list[str] = []
+    for line in re.split(r"\n+", text):
+        line = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", "", line).strip()
+        parts.extend(s.strip() for s in re.split(r"(?<=[.!?;])\s+(?=[A-Z0-9\"'(])", line) if s.strip())
+    claims = []
+    for s in parts:
+        if s.endswith("?") or _NONFACTUAL.match(s) or len(content_tokens(s)) < 2:
+            continue
+        claims.append(s)
+    return claims
+
+
+def has_specifics(text: str) -> bool:
+    """Does the claim assert checkable specifics (ids, money, percentages, dates, numbers)?"""
+    return bool(_SPECIFIC.search(text))
+
+
+def token_recall(needle: list[str], haystack: set[str]) -> float:
+    if not needle:
+        return 1.0
+    return sum(1 for t in needle if t in haystack) / len(needle)
