@@ -1,0 +1,180 @@
+"""The proxy path for /v1/chat/completions, /v1/completions and /v1/embeddings.
+
+One pass per request: read and parse the body once, authenticate, classify, plan, then walk
+the fallback chain (attempts.py). Non-streamed answers may be rejected by inline eval gates,
+which counts as a fallback-eligible failure; streamed answers are relayed (streaming.py) and
+evaluated after the fact by the gates' observers. Whatever happens, the RequestRecord is handed
+to the observers once, after the response is complete, off the response's critical path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.attempts import run_attempts
+from gateway.errors import GatewayError, InternalError
+from gateway.intake import build_request, parse_body, read_body
+from gateway.request import Attempt, ClientRequest, RequestRecord
+from gateway.routing import Plan
+from gateway.runtime import Runtime
+from gateway.streaming import Relay, open_first, relay, stream_headers, with_usage
+from gateway.upstream.base import UpstreamClient, UpstreamResponse
+
+if TYPE_CHECKING:
+    from gateway.state import AppState
+
+log = logging.getLogger("cohortgate.proxy")
+
+_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "n", "frequency_penalty",
+           "presence_penalty", "stop")
+
+
+def new_request_id(request: web.Request) -> str:
+    rid = request.headers.get("x-request-id")
+    if rid and len(rid) <= 128 and rid.isascii():
+        return rid
+    return "req_" + uuid.uuid4().hex
+
+
+def response_headers(rec: RequestRecord) -> dict[str, str]:
+    h = {"x-request-id": rec.request_id}
+    if rec.cohort:
+        h["x-cohort"] = rec.cohort
+        h["x-cohort-reason"] = _ascii(rec.cohort_reason)[:200]
+        if rec.cohort_confidence is not None:
+            h["x-cohort-confidence"] = f"{rec.cohort_confidence:.3f}"
+    if rec.route_id:
+        h["x-route"] = rec.route_id
+    if rec.served_by:
+        h["x-upstream"] = rec.served_by
+        h["x-upstream-model"] = rec.served_model
+        h["x-canary-arm"] = rec.arm or "-"
+    if len(rec.attempts) > 1:
+        h["x-gateway-attempts"] = str(len(rec.attempts))
+        if rec.fallback_reason:
+            h["x-fallback-reason"] = rec.fallback_reason
+    return h
+
+
+def _ascii(s: str) -> str:
+    return s.encode("ascii", "replace").decode()
+
+
+async def handle(state: AppState, request: web.Request, path: str, operation: str) -> web.StreamResponse:
+    rec = RequestRecord(new_request_id(request), operation=operation)
+    rt = state.runtime  # one snapshot for the whole request, even if a reload swaps it meanwhile
+    try:
+        caller = rt.auth.authenticate(request.headers)
+        rec.key_name = caller.name
+        raw = await read_body(request, rt.policy.server.max_body_bytes)
+        body = parse_body(raw, operation)
+        creq = build_request(request, path, operation, body, caller, rt.aliases)
+        rec.alias = creq.alias
+        rec.stream = creq.stream
+        rec.request_params = {k: body[k] for k in _PARAMS if k in body}
+        decision = rt.classifier.classify(creq)
+        rec.cohort, rec.cohort_reason, rec.cohort_confidence = decision.cohort, decision.reason, decision.confidence
+        if not caller.may_use_cohort(decision.cohort):
+            from gateway.errors import Forbidden
+
+            raise Forbidden(f"Your API key may not send '{decision.cohort}' requests.", code="cohort_not_allowed")
+        plan = rt.routes.plan(decision.cohort, creq.alias, creq)
+        rec.route_id = plan.route.id
+        state.before_attempts(rt, plan, creq, rec)
+        if creq.stream:
+            return await _stream(state, rt, request, plan, creq, rec)
+        resp = await _complete(state, rt, plan, creq, rec)
+        rec.status = 200
+        return web.Response(body=resp.raw, status=200, headers={**response_headers(rec),
+                            "content-type": "application/json",
+                            "x-gateway-overhead-ms": f"{_overhead_ms(rec):.3f}"})
+    except GatewayError as err:
+        return _error_response(rec, err)
+    except Exception:
+        log.exception("internal error on request %s", rec.request_id)
+        return _error_response(rec, InternalError("Internal gateway error; see the gateway log for request "
+                                                  f"{rec.request_id}."))
+    finally:
+        state.observe(rt, rec)
+
+
+def _overhead_ms(rec: RequestRecord) -> float:
+    return max(0.0, (rec.elapsed() - sum(a.seconds for a in rec.attempts)) * 1000.0)
+
+
+def _error_response(rec: RequestRecord, err: GatewayError) -> web.Response:
+    rec.status = getattr(err, "upstream_status", err.status)
+    rec.outcome = "error"
+    rec.error_type = err.reason
+    headers = {**response_headers(rec), "content-type": "application/json"}
+    if err.retry_after is not None:
+        headers["retry-after"] = str(max(1, int(err.retry_after + 0.999)))
+    return web.Response(body=err.body(), status=rec.status, headers=headers)
+
+
+def _upstream_headers(rec: RequestRecord, state: AppState) -> dict[str, str]:
+    h = {"x-request-id": rec.request_id}
+    state.inject_trace(h)
+    return h
+
+
+async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientRequest,
+                    rec: RequestRecord) -> UpstreamResponse:
+    headers = _upstream_headers(rec, state)
+
+    async def attempt(client: UpstreamClient, a: Attempt) -> UpstreamResponse:
+        body = {**creq.body, "model": client.spec.model}
+        with state.attempt_span(rec, client, a):
+            resp = await client.complete(creq.path, body, headers)
+            _take_usage(rec, resp.data)
+            state.check_gates(rt, plan, creq, rec, client, resp)
+        return resp
+
+    resp: UpstreamResponse = await run_attempts(rt, plan, rec, attempt, state.circuit_allows,
+                                                state.on_attempt_failure)
+    rec.arm = _arm(plan, rec.served_by)
+    return resp
+
+
+def _take_usage(rec: RequestRecord, data: dict[str, Any]) -> None:
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        rec.input_tokens = usage.get("prompt_tokens")
+        rec.output_tokens = usage.get("completion_tokens")
+    rec.response_model = str(data.get("model") or "")
+    choices = data.get("choices")
+    if isinstance(choices, list):
+        rec.finish_reasons = [c.get("finish_reason") for c in choices if isinstance(c, dict) and c.get("finish_reason")]
+
+
+def _arm(plan: Plan, served_by: str) -> str:
+    for t in plan.route.targets:
+        if t.upstream == served_by:
+            return t.arm or ("primary" if t is plan.chosen else "target")
+    return "fallback"
+
+
+async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan, creq: ClientRequest,
+                  rec: RequestRecord) -> web.StreamResponse:
+    headers = _upstream_headers(rec, state)
+    body, injected = with_usage(creq.body)
+
+    async def attempt(client: UpstreamClient, a: Attempt) -> tuple[Any, Any, bytes]:
+        with state.attempt_span(rec, client, a):
+            return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers, a)
+
+    stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows, state.on_attempt_failure)
+    rec.arm = _arm(plan, rec.served_by)
+    rec.status = 200
+    response = web.StreamResponse(status=200, headers=stream_headers(response_headers(rec)))
+    await response.prepare(request)
+    client = rt.upstreams[rec.served_by]
+    t0 = time.perf_counter()
+    await relay(request, response, stream, it, first, Relay(rec, injected), rec, client)
+    rec.attempts[-1].seconds += time.perf_counter() - t0
+    return response

@@ -1,0 +1,105 @@
+"""Route selection: (cohort, model alias) -> route -> chosen target + ordered fallback chain.
+
+Weighted choice is a bisect over cumulative weights. With a sticky key, the position in [0, 1)
+comes from a stable hash of (route id, key) instead of the RNG, so one user's conversation keeps
+landing on the same target, across processes and restarts, as long as the weights are unchanged.
+The attempt plan is the chosen target followed by the fallback chain (duplicates removed);
+targets ejected by health tracking or an open circuit move to the back rather than disappearing,
+so a request is only refused when every target is known to be down.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from dataclasses import dataclass
+
+from gateway.policy.schema import Policy, Route, Target
+from gateway.request import ClientRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    route: Route
+    chosen: Target
+    chain: tuple[str, ...]  # upstream names: chosen first, then fallbacks
+    sticky_key: str | None
+
+
+class CompiledRoute:
+    __slots__ = ("route", "_cum", "_total", "_targets", "_fallback", "_chains")
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self._targets = [t for t in route.targets if t.weight > 0]
+        cum = 0.0
+        self._cum: list[float] = []
+        for t in self._targets:
+            cum += t.weight
+            self._cum.append(cum)
+        self._total = cum
+        self._fallback = tuple(route.fallback)
+        # the chain for each target is fixed: precompute it
+        self._chains = {
+            t.upstream: (t.upstream,) + tuple(f for f in dict.fromkeys(self._fallback) if f != t.upstream)
+            for t in self._targets
+        }
+
+    def pick(self, sticky_key: str | None) -> Target:
+        if len(self._targets) == 1:
+            return self._targets[0]
+        if sticky_key is not None:
+            h = hashlib.blake2b(f"{self.route.id}\0{sticky_key}".encode(), digest_size=8).digest()
+            x = int.from_bytes(h, "big") / 2**64 * self._total
+        else:
+            x = random.random() * self._total
+        i = bisect.bisect_right(self._cum, x)
+        return self._targets[min(i, len(self._targets) - 1)]
+
+    def chain_for(self, target: Target) -> tuple[str, ...]:
+        return self._chains[target.upstream]
+
+
+class RouteTable:
+    def __init__(self, policy: Policy) -> None:
+        cohorts = [c.name for c in policy.cohorts] + [policy.default_cohort]
+        aliases = [m.name for m in policy.models]
+        compiled = {r.id: CompiledRoute(r) for r in policy.routes}
+        self._table: dict[tuple[str, str], CompiledRoute] = {}
+        # Specific routes win over catch-alls; among equals, policy order wins.
+        def specificity(r: Route) -> int:
+            return (0 if "*" in r.cohorts else 2) + (0 if "*" in r.models else 1)
+
+        ordered = sorted(policy.routes, key=lambda r: -specificity(r))
+        for c in cohorts:
+            for a in aliases:
+                for r in ordered:
+                    if ("*" in r.cohorts or c in r.cohorts) and ("*" in r.models or a in r.models):
+                        self._table[(c, a)] = compiled[r.id]
+                        break
+
+    def lookup(self, cohort: str, alias: str) -> CompiledRoute:
+        return self._table[(cohort, alias)]
+
+    def plan(self, cohort: str, alias: str, req: ClientRequest | None) -> Plan:
+        cr = self.lookup(cohort, alias)
+        key = sticky_key(cr.route, req) if req is not None else None
+        target = cr.pick(key)
+        return Plan(cr.route, target, cr.chain_for(target), key)
+
+
+def sticky_key(route: Route, req: ClientRequest) -> str | None:
+    if route.sticky is None:
+        return None
+    src = route.sticky.key
+    if src.startswith("header:"):
+        return req.headers.get(src[7:])
+    if src.startswith("metadata:"):
+        md = req.body.get("metadata")
+        v = md.get(src[9:]) if isinstance(md, dict) else None
+        return str(v) if v is not None else None
+    if src == "user":
+        u = req.body.get("user")
+        return str(u) if u is not None else None
+    return req.key_name  # api_key

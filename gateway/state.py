@@ -1,0 +1,100 @@
+"""AppState: the one object that holds the gateway's mutable state.
+
+It owns the current Runtime (swapped atomically by reload), metrics, and the optional features
+(tracing, mirroring, inline gates, circuits, feedback). The proxy calls its hooks; each hook is
+a cheap no-op when its feature is off, so the request path pays only for what the policy uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+from gateway.request import Attempt, ClientRequest, RequestRecord
+from gateway.routing import Plan
+from gateway.runtime import Runtime
+from gateway.upstream.base import UpstreamClient, UpstreamResponse
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("cohortgate")
+_NULL: AbstractContextManager[Any] = nullcontext()
+
+
+class AppState:
+    def __init__(self, runtime: Runtime, policy_path: str | None) -> None:
+        self.runtime = runtime
+        self.policy_path = policy_path
+        self.metrics = Metrics()
+        self.features: list[Any] = []  # optional features with start()/close()
+        self.tracing: Any = None
+        self.mirror: Any = None
+        self.gates: Any = None
+        self.circuits: Any = None
+        self.feedback: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ request hooks
+    def before_attempts(self, rt: Runtime, plan: Plan, creq: ClientRequest, rec: RequestRecord) -> None:
+        if self.mirror is not None and plan.route.mirror is not None:
+            self.mirror.maybe_mirror(rt, plan, creq, rec)
+
+    def attempt_span(self, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> AbstractContextManager[Any]:
+        if self.tracing is None:
+            return _NULL
+        return self.tracing.attempt_span(rec, client, a)  # type: ignore[no-any-return]
+
+    def inject_trace(self, headers: dict[str, str]) -> None:
+        if self.tracing is not None:
+            self.tracing.inject(headers)
+
+    def check_gates(self, rt: Runtime, plan: Plan, creq: ClientRequest, rec: RequestRecord,
+                    client: UpstreamClient, resp: UpstreamResponse) -> None:
+        if self.gates is not None:
+            self.gates.check(rt, plan, creq, rec, client, resp)
+
+    @property
+    def circuit_allows(self) -> Any:
+        return self.circuits.allows if self.circuits is not None else None
+
+    def on_attempt_failure(self, client: UpstreamClient, err: GatewayError) -> None:
+        return None
+
+    def observe(self, rt: Runtime, rec: RequestRecord) -> None:
+        """Called once per request after its response is complete."""
+        try:
+            self.metrics.record(rec)
+            if self.circuits is not None:
+                self.circuits.record(rec)
+            if self.feedback is not None:
+                self.feedback.remember(rec)
+            if self.tracing is not None:
+                self.tracing.finish(rec)
+        except Exception:  # telemetry must never break serving
+            log.exception("recording request %s failed", rec.request_id)
+
+    # ------------------------------------------------------------------ lifecycle
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background task and keep a reference until it ends (no fire-and-forget leaks)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        for f in self.features:
+            await f.close()
+        for c in self.runtime.upstreams.values():
+            await c.close()

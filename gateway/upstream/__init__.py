@@ -1,0 +1,1 @@
+"""Upstream clients: OpenAI-compatible HTTP servers (vLLM, ...) and hosted providers via litellm."""
