@@ -19,13 +19,20 @@ STOPWORDS = frozenset(
     any all each some such only own same other more most s t""".split()
 )
 
-# Phrases that mark a refusal / redirection. Deliberately phrase-level (not single words) so
-# that "sorry for the delay, here is your refund" is not read as a refusal.
-_REFUSAL = re.compile(
+# Phrases that mark a refusal. Deliberately phrase-level (not single words) so that "sorry for
+# the delay, here is your refund" is not read as one. SCOPE is a topic deflection ("I can only
+# help with ..."); DECLINE also covers declining an in-scope request ("I can't offer a second
+# trial"), which is a correct answer on policy rows and must not count as an unwanted refusal.
+_SCOPE = re.compile(
+    r"\b(?:(?:is|are|falls?|that's|it's)\s+outside\s+(?:of\s+)?(?:my|our|the|what)|(?:only|just)\s+(?:able\s+to\s+)?"
+    r"(?:help|assist|answer|support)\s+(?:you\s+)?with|not\s+(?:something|a\s+topic)\s+(?:i|we)\s+(?:can|am\s+able)|"
+    r"(?:can(?:no|')t|cannot|unable\s+to|not\s+able\s+to)\s+(?:help|assist)(?:\s+you)?\s+with\s+(?:that|this|those|"
+    r"requests?|questions?))",
+    re.I,
+)
+_DECLINE = re.compile(
     r"\b(?:i\s*(?:am|'m)\s*(?:not able|unable)|i\s*(?:can(?:no|')t|cannot|won't|will not)\s+(?:help|assist|provide|"
-    r"answer|give|do|write|offer|advise|recommend)|(?:is|are|falls?)\s+outside\s+(?:of\s+)?(?:my|our|the)\s+"
-    r"(?:scope|area|support)|(?:only|just)\s+(?:able\s+to\s+)?(?:help|assist|answer)\s+(?:you\s+)?with|not\s+(?:something|"
-    r"a\s+topic)\s+(?:i|we)\s+can|not\s+able\s+to\s+(?:help|assist))",
+    r"answer|give|do|write|offer|advise|recommend))",
     re.I,
 )
 _POLITE = re.compile(r"\b(?:sorry|apolog|unfortunately|happy to help|glad to help|thank|please|appreciate)", re.I)
@@ -83,7 +90,13 @@ def criterion_met(output_norm: str, criterion: str) -> bool:
 
 
 def is_refusal(text: str) -> bool:
-    return bool(_REFUSAL.search(text))
+    """Any refusal or deflection (what out-of-domain rows require)."""
+    return bool(_SCOPE.search(text) or _DECLINE.search(text))
+
+
+def is_scope_refusal(text: str) -> bool:
+    """A topic deflection: wrong on a row the assistant should have handled."""
+    return bool(_SCOPE.search(text))
 
 
 def is_polite(text: str) -> bool:

@@ -5,7 +5,7 @@ Scoring (in order; the first that applies decides):
   a `forbidden` phrase appears                   -> 0 (e.g. promising what policy forbids)
   expected.refusal                               -> 0.7 if it refuses/redirects + 0.3 if also
                                                     polite, averaged with criteria when given
-  answer refuses but refusal was not expected    -> 0
+  answer deflects the topic ("I can only help with...") on a row it should handle -> 0
   criteria given                                 -> share of criteria met ("a|b" = either)
   reference given                                -> share of the reference's content words
                                                     present (numbers must match exactly)
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from evals.dataset import Row
 from evals.evaluators.base import Evaluator, Output
-from evals.text import content_tokens, criterion_met, is_polite, is_refusal, numbers, stem_norm, token_recall
+from evals.text import content_tokens, criterion_met, is_polite, is_refusal, is_scope_refusal, numbers, stem_norm, token_recall
 
 
 class TaskCompletion(Evaluator):
@@ -52,7 +52,7 @@ class TaskCompletion(Evaluator):
             if missing:
                 parts.append(f"missing {missing[0]!r}")
             return s, "; ".join(parts)
-        if is_refusal(text) and not output.tool_calls:
+        if is_scope_refusal(text) and not output.tool_calls:
             return 0.0, "refused a request it should have handled"
         if crit is not None:
             return crit, "all criteria met" if not missing else f"{len(met)}/{len(e.criteria)} criteria; missing {missing[0]!r}"
