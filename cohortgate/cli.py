@@ -70,7 +70,14 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="cohortgate")
+    import typer
+
+    try:
+        cli(prog_name="cohortgate")
+    except typer.Exit as exc:  # Typer's Exit is not click's: map it to the exit status here
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class FakeState:
         self.rng = random.Random(seed)
         self.seen: deque[dict[str, Any]] = deque(maxlen=200)
         self.count = 0
+        self.echo_auth = False  # a misbehaving upstream that quotes the key it got in its errors
 
     def active_fault(self) -> str:
         if self.fault == "none":
@@ -132,10 +133,12 @@ def make_app(st: FakeState) -> web.Application:
             body = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
             return {}, "none", _error(400, "body is not JSON")
-        st.seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        st.seen.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
+                         "body": body})
         fault = st.active_fault()
         if fault == "500":
-            return body, fault, _error(500, "internal error (injected)")
+            quoted = f" (got {request.headers.get('authorization')})" if st.echo_auth else ""
+            return body, fault, _error(500, "internal error (injected)" + quoted)
         if fault == "503":
             return body, fault, _error(503, "overloaded (injected)")
         if fault == "429":

@@ -8,6 +8,7 @@ so a caller (hot reload) can keep its old policy when this raises.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.policy.schema import CallerKey, Policy
+
+
+_ITEM_RE = re.compile(r"\b(routes|cohorts|models|upstreams)\[(\d+)\]")
 
 
 class PolicyError(Exception):
@@ -72,6 +76,11 @@ def parse_policy_text(text: str, source: str = "<policy>") -> Policy:
             loc = tuple(err["loc"])
             field = ".".join(str(p) for p in loc) or "(top level)"
             line = _line_for(loc, lines)
+            if not loc:
+                # cross-field checks run on the whole policy; they name the item as `routes[2]`
+                m = _ITEM_RE.search(err["msg"])
+                if m:
+                    line = lines.get((m.group(1), int(m.group(2))), line)
             where = f"{source}:{line}" if line else source
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
