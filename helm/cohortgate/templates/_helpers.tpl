@@ -131,8 +131,8 @@ must come from the upstream keys Secret.
 {{- if not .Values.upstreamKeys.existingSecret -}}
 {{- $keys := fromYaml (include "cohortgate.upstreamKeyValues" .) -}}
 {{- range $name, $up := (default (dict) $policy.upstreams) -}}
-{{- if and $up.api_key_env (not (hasKey $keys $up.api_key_env)) -}}
-{{- fail (printf "policy upstream %q reads its key from env %s: add it to upstreamKeys.values (or use upstreamKeys.existingSecret)" $name $up.api_key_env) -}}
+{{- if and $up.api_key_env (not (get $keys $up.api_key_env)) -}}
+{{- fail (printf "policy upstream %q reads its key from env %s: set upstreamKeys.values.%s (or use upstreamKeys.existingSecret)" $name $up.api_key_env $up.api_key_env) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
