@@ -16,7 +16,16 @@ from __future__ import annotations
 
 from evals.dataset import Row
 from evals.evaluators.base import Evaluator, Output
-from evals.text import content_tokens, criterion_met, is_polite, is_refusal, is_scope_refusal, numbers, stem_norm, token_recall
+from evals.text import (
+    content_tokens,
+    criterion_met,
+    is_polite,
+    is_refusal,
+    is_scope_refusal,
+    numbers,
+    stem_norm,
+    token_recall,
+)
 
 
 class TaskCompletion(Evaluator):

@@ -1,0 +1,100 @@
+"""`cohortgate eval run|report` and `cohortgate promote`.
+
+Contract: every failure the user can fix (bad dataset line, bad --model spec, missing run
+baseline, missing provenance) prints one message naming the file/field/model and exits 2;
+no tracebacks. Heavy modules (numpy, torch via the embedding model) load only inside commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+eval_command = typer.Typer(name="eval", help="Run per-cohort evaluations and write reports.", no_args_is_help=True,
+                           add_completion=False)
+
+
+@eval_command.callback()
+def _group() -> None:
+    """Run per-cohort evaluations (`run`) and write reports (`report`)."""
+
+
+def _fail(msg: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for it in items:
+        name, _, val = it.partition("=")
+        try:
+            out[name.strip()] = float(val)
+        except ValueError:
+            _fail(f"--threshold {it!r}: expected NAME=NUMBER, e.g. TaskCompletion=0.8")
+    return out
+
+
+@eval_command.command("run")
+def run_cmd(
+    out: Annotated[Path, typer.Option("--out", help="run directory (created; resumed when it exists)")],
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="cohort dataset JSONL")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="NAME=BASE_URL[:served_name], repeatable")] = None,
+    shadow: Annotated[Path | None, typer.Option("--shadow", help="import a gateway shadow sink JSONL as the run")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 8,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="env var with the endpoints' API key")] = None,
+    evaluator: Annotated[list[str] | None, typer.Option("--evaluator", help="evaluator names (default: all)")] = None,
+    threshold: Annotated[list[str] | None, typer.Option("--threshold", help="NAME=VALUE pass threshold")] = None,
+    support: Annotated[str, typer.Option(help="claim support: embedding | lexical | judge")] = "embedding",
+    judge: Annotated[str | None, typer.Option(help="judge endpoint BASE_URL:MODEL (support=judge)")] = None,
+    retries: Annotated[int, typer.Option(min=0, max=20)] = 4,
+    timeout: Annotated[float, typer.Option(help="seconds per request")] = 120.0,
+    max_tokens: Annotated[int | None, typer.Option()] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Send every dataset row to every model, score each answer, append to RUN_DIR/results.jsonl."""
+    from evals.dataset import DatasetError
+    from evals.embedding import EmbeddingUnavailable
+    from evals.judge import JudgeClient, JudgeError
+    from evals.runfile import RunError
+
+    try:
+        if shadow is not None:
+            from evals.shadow import import_shadow
+
+            if dataset or model:
+                _fail("--shadow imports a gateway sink; do not combine it with --dataset/--model")
+            n = import_shadow(shadow, out, _thresholds(threshold or []))
+            typer.echo(f"imported {n} shadow rows into {out}")
+            return
+        if dataset is None or not model:
+            _fail("give --dataset FILE and at least one --model NAME=BASE_URL[:served_name] (or --shadow FILE)")
+        from evals.runner import ModelSpec, RunConfig, run
+
+        if support not in ("embedding", "lexical", "judge"):
+            _fail(f"--support {support!r}: choose embedding, lexical or judge")
+        jc = None
+        if judge:
+            from evals.runner import _SPEC
+
+            m = _SPEC.match(judge)
+            if not m or not m.group(2):
+                _fail(f"--judge {judge!r}: expected BASE_URL:MODEL, e.g. http://127.0.0.1:8000/v1:judge-model")
+            jc = JudgeClient(m.group(1), m.group(2), api_key_env)
+        elif support == "judge":
+            _fail("--support judge needs --judge BASE_URL:MODEL")
+        cfg = RunConfig(dataset=dataset, models=[ModelSpec.parse(s) for s in model], out=out,
+                        concurrency=concurrency, api_key_env=api_key_env, evaluators=evaluator or None,
+                        thresholds=_thresholds(threshold or []), support=support, judge=jc,  # type: ignore[arg-type]
+                        max_retries=retries, timeout_s=timeout, max_tokens=max_tokens, progress=progress)
+        s = run(cfg)
+    except (DatasetError, RunError, ValueError) as exc:
+        _fail(str(exc))
+    except (JudgeError, EmbeddingUnavailable) as exc:
+        _fail(f"{exc} (the rows scored so far are kept; rerun the same command to resume)", 1)
+    typer.echo(f"{s.done} scored ({s.errors} failed after retries), {s.skipped} already in {out}; "
+               f"{s.elapsed_s:.1f}s, {s.rows_per_s:.1f} rows/s")
+    if s.errors:
+        raise typer.Exit(1)
