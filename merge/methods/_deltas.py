@@ -1,0 +1,60 @@
+"""The combination step shared by the task-vector methods (task arithmetic, TIES, DARE,
+breadcrumbs, DELLA): weighted sum of (already sparsified) deltas, optional TIES sign consensus,
+optional normalisation, scaling by lambda, added to the base.
+
+    τ'_i = w_i · τ̂_i                                  (weighted, sparsified task vectors)
+    consensus: γ = sgn(Σ_i τ'_i) (γ = +1 where the sum is 0),  m_i = [sgn(τ'_i) = γ]
+    merged   = Σ_i m_i τ'_i,  divisor = Σ_i m_i w_i     (no consensus: m_i = 1)
+    θ = θ_base + λ · merged / (divisor if normalize else 1)
+
+The sign is elected on the *weighted* deltas (as mergekit does; with equal positive weights
+this is exactly the TIES paper's γ = sgn(Σ τ̂_i)). An entry where every delta is zero has
+divisor 0; it keeps the base value (merged = 0 there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def combine(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], *, consensus: bool,
+            normalize: bool, lambda_: float) -> torch.Tensor:
+    if not deltas:
+        return base.clone()
+    weighted = [d * w for d, w in zip(deltas, weights)]
+    if consensus:
+        total = weighted[0].clone()
+        for wd in weighted[1:]:
+            total.add_(wd)
+        elected = torch.where(total >= 0, 1.0, -1.0)
+        merged = torch.zeros_like(base)
+        divisor = torch.zeros_like(base) if normalize else None
+        for wd, w in zip(weighted, weights):
+            agree = (wd * elected) > 0
+            merged.add_(torch.where(agree, wd, 0.0))
+            if divisor is not None:
+                divisor.add_(agree.to(base.dtype), alpha=w)
+        if divisor is not None:
+            divisor = torch.where(divisor == 0, 1.0, divisor)
+            merged.div_(divisor)
+    else:
+        merged = weighted[0].clone()
+        for wd in weighted[1:]:
+            merged.add_(wd)
+        if normalize:
+            s = float(sum(weights))
+            if abs(s) < 1e-8:
+                raise ValueError("weights sum to 0 with normalize: true (division by zero)")
+            merged.div_(s)
+    if lambda_ != 1:
+        merged.mul_(lambda_)
+    return base + merged
+
+
+def check_weights(weights: Sequence[float], normalize: bool, consensus: bool) -> None:
+    """Plan-time check: a normalised, consensus-free combination divides by Σ w_i."""
+    if normalize and not consensus and abs(float(sum(weights))) < 1e-8:
+        raise ValueError(f"weights {list(weights)} sum to 0 with normalize: true (division by zero); "
+                         f"change the weights or set normalize: false")

@@ -1,0 +1,66 @@
+"""DARE: Drop And REscale (Yu et al. 2024, "Language Models are Super Mario", arXiv:2311.03099).
+
+    τ_i = θ_i − θ_base
+    m_i ~ Bernoulli(density_i) elementwise   (drop probability p = 1 − density)
+    τ̂_i = m_i · τ_i / density_i              (rescale: true, the default: 1/(1−p), as in the paper)
+    dare_linear: θ = θ_base + λ · Σ_i w_i τ̂_i            (normalize default false)
+    dare_ties:   same with TIES sign consensus (merge.methods._deltas), normalize default false
+
+Randomness is seeded: the mask of tensor T, model i comes from the stream (seed, T, i), cut in
+fixed blocks (`merge.methods.base.uniform`), so the output is reproducible and independent of
+chunking. Deliberate difference: mergekit 0.1.5 rescales the kept deltas to the original L1
+norm instead of by 1/(1−p) (see mergekit issue #245); ours is the paper's unbiased rescale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from merge.methods._deltas import check_weights, combine
+from merge.methods.base import Job, Method, Param, uniform
+from merge.methods.task_arithmetic import GTA_SHARED
+
+
+def dare_drop(delta: torch.Tensor, density: float, rescale: bool, key: tuple[object, ...],
+              offset: int = 0) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    keep = uniform(key, offset, delta.numel()).reshape(delta.shape) < density
+    out = delta * keep
+    if rescale:
+        out.div_(density)
+    return out
+
+
+def dare(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
+         densities: Sequence[float], *, consensus: bool, seed: int = 0, name: str = "", lambda_: float = 1.0,
+         normalize: bool = False, rescale: bool = True) -> torch.Tensor:
+    deltas = [dare_drop((x - base).reshape(-1), d, rescale, (seed, name, i)).reshape(base.shape)
+              for i, (x, d) in enumerate(zip(tensors, densities))]
+    return combine(base, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
+
+
+class Dare(Method):
+    random = True
+    needs_base = True
+    shared_params = {**GTA_SHARED, "rescale": Param(bool, True)}
+    model_params = {"weight": Param(float), "density": Param(float, 1.0)}
+
+    def __init__(self, consensus: bool) -> None:
+        self.consensus = consensus
+        self.name = "dare_ties" if consensus else "dare_linear"
+
+    def validate(self, job: Job) -> None:
+        check_weights([p["weight"] for p in job.per_model], job.shared["normalize"], self.consensus)
+
+    def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
+        base = xs[0]
+        deltas = [dare_drop(x - base, p["density"], job.shared["rescale"], (job.seed, job.name, mid), offset)
+                  for x, p, mid in zip(xs[1:], job.per_model, job.model_ids)]
+        return combine(base, deltas, [p["weight"] for p in job.per_model], consensus=self.consensus,
+                       normalize=job.shared["normalize"], lambda_=job.shared["lambda"])

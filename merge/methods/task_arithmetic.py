@@ -1,0 +1,40 @@
+"""Task arithmetic (Ilharco et al. 2023, "Editing models with task arithmetic", arXiv:2212.04089).
+
+    τ_i = θ_i − θ_base
+    θ = θ_base + λ · Σ_i w_i τ_i              (normalize: false, the default)
+    θ = θ_base + λ · Σ_i w_i τ_i / Σ_i w_i    (normalize: true; Σ w_i = 0 is refused)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from merge.methods._deltas import check_weights, combine
+from merge.methods.base import Job, Method, Param
+
+
+def task_arithmetic(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
+                    lambda_: float = 1.0, normalize: bool = False) -> torch.Tensor:
+    return combine(base, [x - base for x in tensors], weights, consensus=False, normalize=normalize,
+                   lambda_=lambda_)
+
+
+GTA_SHARED = {"normalize": Param(bool, False), "lambda": Param(float, 1.0), "int8_mask": Param(bool, False),
+              "rescale": Param(bool, False)}
+
+
+class TaskArithmetic(Method):
+    name = "task_arithmetic"
+    needs_base = True
+    shared_params = GTA_SHARED
+    model_params = {"weight": Param(float)}
+
+    def validate(self, job: Job) -> None:
+        check_weights([p["weight"] for p in job.per_model], job.shared["normalize"], consensus=False)
+
+    def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
+        return task_arithmetic(xs[0], xs[1:], [p["weight"] for p in job.per_model], job.shared["lambda"],
+                               job.shared["normalize"])

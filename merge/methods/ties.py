@@ -1,0 +1,75 @@
+"""TIES-merging (Yadav et al. 2023, "TIES-Merging: Resolving Interference When Merging Models",
+arXiv:2306.01708).
+
+    τ_i = θ_i − θ_base
+    trim:  τ̂_i = τ_i · [|τ_i| ≥ v_i],  v_i = the k_i-th largest |τ_i|,  k_i = max(1, ⌊density_i · n⌋)
+    elect: γ = sgn(Σ_i w_i τ̂_i)   (see merge.methods._deltas: sign elected on weighted deltas)
+    merge: θ = θ_base + λ · Σ_i m_i w_i τ̂_i / Σ_i m_i w_i,  m_i = [sgn(w_i τ̂_i) = γ]  (disjoint mean)
+
+density ≥ 1 keeps τ_i whole; density ≤ 0 drops it (mergekit also returns zeros there). The
+threshold is exact (`kth_largest`, no full argsort); entries tied with the k-th largest
+magnitude are all kept, so the kept count can exceed k only on exact ties, independent of
+order and chunking (mergekit breaks ties by sort order). normalize defaults to true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from merge.methods._deltas import combine
+from merge.methods.base import Chunks, Job, Method, Param, kth_largest, one_chunk
+from merge.methods.task_arithmetic import GTA_SHARED
+
+
+def magnitude_threshold(chunks: Chunks, n: int, index: int, density: float) -> float | None:
+    """Trim threshold of the delta of input `index` (inputs[0] is the base); None = keep all,
+    +inf = drop all."""
+    if density >= 1:
+        return None
+    if density <= 0 or n == 0:
+        return float("inf")
+    k = max(1, int(density * n))
+
+    def values():  # type: ignore[no-untyped-def]
+        for _, xs in chunks():
+            yield (xs[index] - xs[0]).abs_()
+
+    return kth_largest(values, n, k)
+
+
+def trim(delta: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    if threshold is None:
+        return delta
+    return delta * (delta.abs() >= threshold)
+
+
+def ties(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
+         densities: Sequence[float], lambda_: float = 1.0, normalize: bool = True) -> torch.Tensor:
+    src = one_chunk([base, *tensors])
+    thr = [magnitude_threshold(src, base.numel(), i + 1, d) for i, d in enumerate(densities)]
+    deltas = [trim(x - base, t) for x, t in zip(tensors, thr)]
+    return combine(base, deltas, weights, consensus=True, normalize=normalize, lambda_=lambda_)
+
+
+class Ties(Method):
+    name = "ties"
+    needs_base = True
+    shared_params = {**GTA_SHARED, "normalize": Param(bool, True)}
+    model_params = {"weight": Param(float), "density": Param(float, 1.0)}
+
+    def validate(self, job: Job) -> None:
+        if job.shared["rescale"]:
+            raise ValueError("rescale: true (L1-norm rescaling of trimmed deltas) is not supported for "
+                             f"{self.name}; remove it")
+
+    def stats(self, job: Job, chunks: Chunks) -> Any:
+        return [magnitude_threshold(chunks, job.numel, i + 1, p["density"]) for i, p in enumerate(job.per_model)]
+
+    def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
+        base = xs[0]
+        deltas = [trim(x - base, t) for x, t in zip(xs[1:], state)]
+        return combine(base, deltas, [p["weight"] for p in job.per_model], consensus=True,
+                       normalize=job.shared["normalize"], lambda_=job.shared["lambda"])

@@ -1,0 +1,225 @@
+"""Orchestration of one merge: plan → (dry-run report | atomic execution + provenance).
+
+Contract: `dry_run(plan)` reads nothing but headers and returns the plan summary: tensors,
+bytes to read and write, and a peak-memory estimate. `execute(plan, out, force)` writes the HF
+layout (config.json, tokenizer files, sharded safetensors + index, README.md model card,
+provenance.json) into a temp dir beside `out` and renames it into place only when complete; any
+exception (or Ctrl-C / SIGTERM turned into one by the CLI) removes the temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from merge import card, provenance
+from merge.plan import Plan
+from merge.st_io import ST_DTYPES
+from merge.writer import AtomicDir, ShardedWriter, TensorSlot, check_destination, plan_layout
+
+RUNTIME_BASE_BYTES = 320 << 20  # measured RSS of Python + torch + numpy before any tensor work
+
+
+def _workers() -> int:
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 1) + 1))
+
+
+def estimate_peak(plan: Plan, workers: int) -> int:
+    worst = 0
+    chunk = plan.options.chunk_elems
+    for tp in plan.tensors:
+        n = tp.job.numel
+        rows = tp.shape[0] if len(tp.shape) > 1 else 1
+        row = n // max(rows, 1)
+        elems = n if tp.method.needs_whole(tp.job) else min(n, max(row, (chunk // max(row, 1)) * row))
+        n_in = len(tp.inputs)
+        # fp32 inputs + raw reads + deltas/masks/temporaries of the combination step
+        worst = max(worst, elems * (4 * n_in + 2 * n_in + 4 * (n_in + 6)))
+    return RUNTIME_BASE_BYTES + workers * worst
+
+
+def dry_run(plan: Plan) -> dict[str, Any]:
+    workers = _workers()
+    return {
+        "method": plan.method.name,
+        "sources": [{"path": str(s.path), "lora": str(s.lora.path) if s.lora else None,
+                     "weight_bytes": s.files.total_bytes(), "tokenizer_sha256": s.tokenizer_hash}
+                    for s in plan.sources],
+        "base_model": str(plan.sources[plan.base].path) if plan.base is not None else None,
+        "output_tensors": len(plan.tensors),
+        "read_bytes": plan.read_bytes(),
+        "write_bytes": plan.write_bytes(),
+        "peak_memory_bytes_estimate": estimate_peak(plan, workers),
+        "workers": workers,
+        "tokenizer": {k: v for k, v in plan.tokenizer.items() if k not in ("rows",)},
+        "warnings": plan.warnings,
+    }
+
+
+def _shard_files(plan: Plan) -> list[Path]:
+    files: list[Path] = []
+    for s in plan.sources:
+        files += s.files.files
+        if s.lora:
+            files += s.lora.files.files
+    return files
+
+
+def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: list[str] | None = None,
+            hash_cache: bool = True) -> dict[str, Any]:
+    from merge.engine import Engine
+
+    check_destination(out, force)
+    started = provenance.now()
+    t0 = time.monotonic()
+    slots = [TensorSlot(tp.name, tp.out_dtype, tp.shape, tp.out_nbytes) for tp in plan.tensors]
+    shards = plan_layout(slots, plan.options.out_shard_bytes)
+    atomic = AtomicDir(out, force)
+    writer: ShardedWriter | None = None
+    try:
+        hasher = provenance.SourceHasher(_shard_files(plan), use_cache=hash_cache)
+        writer = ShardedWriter(atomic.tmp, shards)
+        total = plan.write_bytes()
+        bar = _Progress(len(plan.tensors), total, enabled=progress)
+        engine = Engine(plan, writer, on_progress=bar.advance)
+        with bar:
+            engine.run(poll=bar.refresh)
+        out_hashes = writer.finish()
+        writer.write_index()
+        _write_metadata(plan, atomic.tmp)
+        files = dict(out_hashes)
+        for f in sorted(atomic.tmp.iterdir()):
+            if f.is_file() and f.name not in files and f.name not in ("README.md", provenance.PROVENANCE):
+                files[f.name] = provenance.sha256_file(f)
+        src_hashes = hasher.result()
+        record = _record(plan, files, src_hashes, started, argv, time.monotonic() - t0)
+        (atomic.tmp / "README.md").write_text(card.render(record, _config_yaml(plan)))
+        record["output"]["files"]["README.md"] = provenance.sha256_file(atomic.tmp / "README.md")
+        (atomic.tmp / provenance.PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
+        atomic.commit()
+        return record
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        atomic.abort()
+        raise
+
+
+def _config_yaml(plan: Plan) -> str:
+    try:
+        return plan.config_path.read_text()
+    except OSError:
+        return yaml.safe_dump(plan.cfg.model_dump(mode="json", exclude_none=True))
+
+
+def _write_metadata(plan: Plan, d: Path) -> None:
+    from merge.tokenizer import copy_tokenizer, write_union_tokenizer
+
+    cfg = dict(plan.out_config)
+    float_out = [tp.out_dtype for tp in plan.tensors if tp.out_dtype in ("F32", "BF16", "F16")]
+    if float_out:
+        name = ST_DTYPES[float_out[0]][0]
+        keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]
+        for k in keys:
+            cfg[k] = name
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    tok_src = plan.sources[plan.tokenizer.get("source", 0)].path
+    if plan.tokenizer.get("mode") == "union" and plan.tokenizer.get("extra_tokens"):
+        write_union_tokenizer(tok_src, plan.tokenizer["extra_tokens"], d)
+    else:
+        copy_tokenizer(tok_src, d)
+    gen = tok_src / "generation_config.json"
+    if gen.exists():
+        shutil.copy2(gen, d / "generation_config.json")
+
+
+def _record(plan: Plan, files: dict[str, str], src_hashes: dict[str, tuple[str, bool]], started: str,
+            argv: list[str] | None, seconds: float) -> dict[str, Any]:
+    sources = []
+    for i, s in enumerate(plan.sources):
+        shards = {f.name: src_hashes[str(f)][0] for f in s.files.files}
+        cfg_f = s.path / "config.json"
+        entry: dict[str, Any] = {
+            "path": str(s.path), "role": "base" if i == plan.base else "input", "shards": shards,
+            "shard_hashes_from_cache": sorted(f.name for f in s.files.files if src_hashes[str(f)][1]),
+            "config_sha256": provenance.file_sha(cfg_f), "tokenizer_sha256": s.tokenizer_hash,
+            "lineage": s.lineage or None,
+        }
+        if s.lora:
+            entry["lora"] = {"path": str(s.lora.path), "r": s.lora.r, "alpha": s.lora.alpha, "scale": s.lora.scale,
+                             "shards": {f.name: src_hashes[str(f)][0] for f in s.lora.files.files}}
+        sources.append(entry)
+    lineage = []
+    for s in plan.sources:
+        for d in (s.lineage or {}).get("training_data", []) or []:
+            if d not in lineage:
+                lineage.append(d)
+    shared_example = plan.tensors[0].job.shared if plan.tensors else {}
+    return {
+        "format": "cohortgate.provenance/1",
+        "tool": provenance.TOOL,
+        "started_at": started,
+        "finished_at": provenance.now(),
+        "seconds": round(seconds, 3),
+        "command": argv or sys.argv,
+        "method": {"name": plan.method.name, "random": plan.method.random, "seed": plan.options.seed,
+                   "shared_parameters_first_tensor": shared_example},
+        "config": json.loads(plan.cfg.model_dump_json(exclude_none=True)),
+        "config_file_sha256": provenance.file_sha(plan.config_path),
+        "options": {"dtype": plan.load_dtype, "out_dtype": plan.cfg.out_dtype, "compute_dtype": "float32",
+                    "allow_config_mismatch": plan.options.allow_config_mismatch,
+                    "allow_tokenizer_mismatch": plan.options.allow_tokenizer_mismatch,
+                    "allow_unrelated_base": plan.options.allow_unrelated_base,
+                    "allow_missing_tensors": plan.options.allow_missing_tensors},
+        "base_model": str(plan.sources[plan.base].path) if plan.base is not None else None,
+        "tokenizer": {k: v for k, v in plan.tokenizer.items() if k not in ("rows",)},
+        "sources": sources,
+        "lineage": lineage,
+        "warnings": plan.warnings,
+        "output": {"files": files, "tensors": len(plan.tensors), "bytes": plan.write_bytes()},
+    }
+
+
+class _Progress:
+    """rich progress bar (tensors, bytes, ETA) on stderr; silent when disabled."""
+
+    def __init__(self, tensors: int, total_bytes: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.done_t = 0
+        self.done_b = 0
+        self._p: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._p = Progress(TextColumn("merging"), BarColumn(), TextColumn("{task.fields[t]} tensors"),
+                               DownloadColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                               transient=False)
+            self._task = self._p.add_task("merge", total=total_bytes, t=f"0/{tensors}")
+            self.tensors = tensors
+
+    def advance(self, tensors: int, nbytes: int) -> None:
+        self.done_t += tensors
+        self.done_b += nbytes
+
+    def refresh(self) -> None:
+        if self._p is not None:
+            self._p.update(self._task, completed=self.done_b, t=f"{self.done_t}/{self.tensors}")
+
+    def __enter__(self) -> _Progress:
+        if self._p is not None:
+            self._p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self.refresh()
+            self._p.stop()
