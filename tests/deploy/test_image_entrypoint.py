@@ -102,6 +102,12 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run([base_python, "-m", "venv", str(venv)], timeout=120)
     _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
           str(wheel)], timeout=540)
+    # The image build runs the same smoke check (docker/Dockerfile): every module the CLI imports
+    # at start-up must come with the core dependencies.
+    smoke = subprocess.run([str(venv / "bin" / "cohortgate"), "--help"], capture_output=True, text=True, timeout=60)
+    assert smoke.returncode == 0, (
+        "`cohortgate --help` fails in a plain `pip install cohortgate` (what the image installs); a module it "
+        f"imports is missing from [project].dependencies in pyproject.toml:\n{smoke.stderr[-2000:]}")
     return venv
 
 
