@@ -89,7 +89,7 @@ def make_app(state: AppState, *, watch_policy: bool = True, extra_setup: Any = N
 
     async def metrics(request: web.Request) -> web.Response:
         for name, c in state.runtime.upstreams.items():
-            state.metrics.upstream_up.labels(name).set(1 if c.health.state() == "up" else 0)
+            state.metrics.upstream_up.set((name,), 1 if c.health.state() == "up" else 0)
         body, ctype = state.metrics.exposition()
         return web.Response(body=body, headers={"content-type": ctype})
 

@@ -1,115 +1,216 @@
 """Prometheus metrics (prefix `cohortgate_`), bounded labels only.
 
 Label values come from the policy (cohort, route, upstream names) or closed sets (outcome,
-reason, evaluator, signal); request ids and free text never become labels. With several worker
-processes, PROMETHEUS_MULTIPROC_DIR is set by `cohortgate serve` before this module is imported
-and /metrics aggregates every worker's files.
+reason, evaluator, signal); request ids and free text never become labels.
 
-Recording is a few dict lookups per request: label children are cached per label tuple.
+Why not prometheus_client's metric objects on the hot path: each `inc`/`observe` takes a lock
+and several attribute hops, which cost more per request than the rest of the gateway's own
+work. In a single process, counters and histograms here are plain dicts and lists updated in
+place (the event loop is single-threaded), exposed at scrape time by a custom collector. With
+several workers (`PROMETHEUS_MULTIPROC_DIR` set by `cohortgate serve --workers N`), they are
+backed by prometheus_client's multiprocess values so /metrics aggregates every worker.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from gateway.request import RequestRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
-MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def _multiproc() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Counter:
+    kind = "counter"
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name, self.doc, self.labelnames = name, doc, tuple(labels)
+        self.values: dict[tuple[str, ...], float] = {}
+        self._mp: Any = None
+        self._mp_children: dict[tuple[str, ...], Any] = {}
+        if _multiproc():
+            import prometheus_client
+
+            self._mp = prometheus_client.Counter(name, doc, self.labelnames, registry=None)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        if self._mp is not None:
+            child = self._mp_children.get(labels)
+            if child is None:
+                child = self._mp_children[labels] = self._mp.labels(*labels)
+            child.inc(amount)
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def value(self, labels: tuple[str, ...]) -> float:
+        return self.values.get(labels, 0.0)
+
+    def collect(self) -> Iterator[Any]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for labels, v in self.values.items():
+            fam.add_metric(labels, v)
+        yield fam
+
+
+class Gauge(Counter):
+    kind = "gauge"
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name, self.doc, self.labelnames = name, doc, tuple(labels)
+        self.values = {}
+        self._mp = None
+        self._mp_children = {}
+        if _multiproc():
+            import prometheus_client
+
+            self._mp = prometheus_client.Gauge(name, doc, self.labelnames, registry=None,
+                                               multiprocess_mode="mostrecent")
+
+    def set(self, labels: tuple[str, ...], value: float) -> None:
+        if self._mp is not None:
+            self._mp.labels(*labels).set(value)
+        self.values[labels] = value
+
+    def collect(self) -> Iterator[Any]:
+        fam = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for labels, v in self.values.items():
+            fam.add_metric(labels, v)
+        yield fam
+
+
+class Histogram:
+    kind = "histogram"
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> None:
+        self.name, self.doc, self.labelnames = name, doc, tuple(labels)
+        self.bounds = tuple(float(b) for b in buckets)
+        self.series: dict[tuple[str, ...], list[float]] = {}  # bucket counts..., +Inf count, sum
+        self._mp: Any = None
+        self._mp_children: dict[tuple[str, ...], Any] = {}
+        if _multiproc():
+            import prometheus_client
+
+            self._mp = prometheus_client.Histogram(name, doc, self.labelnames, buckets=self.bounds, registry=None)
+
+    def observe(self, labels: tuple[str, ...], v: float) -> None:
+        if self._mp is not None:
+            child = self._mp_children.get(labels)
+            if child is None:
+                child = self._mp_children[labels] = self._mp.labels(*labels)
+            child.observe(v)
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = [0.0] * (len(self.bounds) + 2)
+        s[bisect.bisect_left(self.bounds, v)] += 1
+        s[-1] += v
+
+    def collect(self) -> Iterator[Any]:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for labels, s in self.series.items():
+            acc, buckets = 0.0, []
+            for bound, n in zip(self.bounds, s, strict=False):
+                acc += n
+                buckets.append((_fmt(bound), acc))
+            acc += s[len(self.bounds)]
+            buckets.append(("+Inf", acc))
+            fam.add_metric(labels, buckets, s[-1])
+        yield fam
+
+
+def _fmt(b: float) -> str:
+    return str(int(b)) if b == int(b) and b >= 1 else repr(b)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: list[Any]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        for m in self.metrics:
+            yield from m.collect()
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True) if not MULTIPROC else None
-        r: Any = self.registry if self.registry is not None else None
-        kw: dict[str, Any] = {"registry": r} if r is not None else {}
-        base = ["cohort", "route", "model"]
-        self.requests = Counter("cohortgate_requests", "Client requests by outcome.", base + ["outcome"], **kw)
+        base = ("cohort", "route", "model")
+        self.requests = Counter("cohortgate_requests", "Client requests by outcome.", base + ("outcome",))
         self.duration = Histogram("cohortgate_request_duration_seconds", "Client request latency (to last byte).",
-                                  base + ["outcome"], buckets=LATENCY_BUCKETS, **kw)
+                                  base + ("outcome",), LATENCY_BUCKETS)
         self.ttft = Histogram("cohortgate_time_to_first_token_seconds", "Streamed requests: time to first event.",
-                              base, buckets=LATENCY_BUCKETS, **kw)
+                              base, LATENCY_BUCKETS)
         self.overhead = Histogram("cohortgate_overhead_seconds", "Time spent in the gateway itself (non-streamed).",
-                                  ["route"], buckets=OVERHEAD_BUCKETS, **kw)
-        self.tokens = Counter("cohortgate_tokens", "Tokens from upstream usage.", base + ["type"], **kw)
+                                  ("route",), OVERHEAD_BUCKETS)
+        self.tokens = Counter("cohortgate_tokens", "Tokens from upstream usage.", base + ("type",))
         self.tokens_per_request = Histogram("cohortgate_request_tokens", "Tokens per request (input+output).",
-                                            base, buckets=TOKEN_BUCKETS, **kw)
+                                            base, TOKEN_BUCKETS)
         self.errors = Counter("cohortgate_errors", "Requests answered with an error, by error type.",
-                              ["cohort", "route", "error_type"], **kw)
+                              ("cohort", "route", "error_type"))
         self.fallbacks = Counter("cohortgate_fallbacks", "Moves to the next target, by reason.",
-                                 ["cohort", "route", "from_model", "reason"], **kw)
+                                 ("cohort", "route", "from_model", "reason"))
         self.attempts = Counter("cohortgate_upstream_attempts", "Upstream attempts by outcome.",
-                                ["upstream", "outcome"], **kw)
-        self.evals = Counter("cohortgate_evals", "Inline evaluator results.",
-                             ["evaluator", "cohort", "model", "result"], **kw)
+                                ("upstream", "outcome"))
+        self.evals = Counter("cohortgate_evals", "Inline evaluator results.", ("evaluator", "cohort", "model",
+                                                                                "result"))
         self.mirror = Counter("cohortgate_mirror", "Mirrored (shadow) requests by result.",
-                              ["cohort", "target", "result"], **kw)
-        self.feedback = Counter("cohortgate_feedback", "Feedback signals.", ["signal", "cohort", "model"], **kw)
-        self.reloads = Counter("cohortgate_policy_reloads", "Policy reloads by result.", ["result"], **kw)
-        gauge_kw = dict(kw)
-        if MULTIPROC:
-            gauge_kw["multiprocess_mode"] = "max"
-        self.upstream_up = Gauge("cohortgate_upstream_healthy", "1 when the upstream takes traffic.",
-                                 ["upstream"], **gauge_kw)
+                              ("cohort", "target", "result"))
+        self.feedback = Counter("cohortgate_feedback", "Feedback signals.", ("signal", "cohort", "model"))
+        self.reloads = Counter("cohortgate_policy_reloads", "Policy reloads by result.", ("result",))
+        self.upstream_up = Gauge("cohortgate_upstream_healthy", "1 when the upstream takes traffic.", ("upstream",))
         self.circuit = Gauge("cohortgate_circuit_open", "1 when the cohort's circuit to the upstream is open "
-                             "(0.5 half-open).", ["cohort", "upstream"], **gauge_kw)
-        self._cache: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), labels)
-        child = self._cache.get(key)
-        if child is None:
-            child = metric.labels(*labels)
-            self._cache[key] = child
-        return child
+                             "(0.5 half-open).", ("cohort", "upstream"))
+        self.all: list[Any] = [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self.all))
 
     def record(self, rec: RequestRecord) -> None:
         model = rec.served_by or "none"
         cohort = rec.cohort or "unclassified"
         route = rec.route_id or "none"
-        outcome = rec.outcome
         elapsed = rec.elapsed()
-        self._child(self.requests, cohort, route, model, outcome).inc()
-        self._child(self.duration, cohort, route, model, outcome).observe(elapsed)
+        key = (cohort, route, model)
+        full = (cohort, route, model, rec.outcome)
+        self.requests.inc(full)
+        self.duration.observe(full, elapsed)
         if rec.ttft_s is not None:
-            self._child(self.ttft, cohort, route, model).observe(rec.ttft_s)
+            self.ttft.observe(key, rec.ttft_s)
         if not rec.stream and rec.attempts:
-            up = sum(a.seconds for a in rec.attempts)
-            self._child(self.overhead, route).observe(max(0.0, elapsed - up))
-        if rec.input_tokens is not None:
-            self._child(self.tokens, cohort, route, model, "input").inc(rec.input_tokens)
-        if rec.output_tokens is not None:
-            self._child(self.tokens, cohort, route, model, "output").inc(rec.output_tokens)
-        if rec.input_tokens is not None or rec.output_tokens is not None:
-            self._child(self.tokens_per_request, cohort, route, model).observe(
-                (rec.input_tokens or 0) + (rec.output_tokens or 0))
+            up = 0.0
+            for a in rec.attempts:
+                up += a.seconds
+            self.overhead.observe((route,), max(0.0, elapsed - up))
+        tin, tout = rec.input_tokens, rec.output_tokens
+        if tin is not None:
+            self.tokens.inc(key + ("input",), tin)
+        if tout is not None:
+            self.tokens.inc(key + ("output",), tout)
+        if tin is not None or tout is not None:
+            self.tokens_per_request.observe(key, (tin or 0) + (tout or 0))
         if rec.error_type is not None:
-            self._child(self.errors, cohort, route, rec.error_type).inc()
+            self.errors.inc((cohort, route, rec.error_type))
         for a in rec.attempts:
-            self._child(self.attempts, a.upstream, a.outcome).inc()
+            self.attempts.inc((a.upstream, a.outcome))
             if a.reason and a.reason != "rate_limited_retry":
-                self._child(self.fallbacks, cohort, route, a.upstream, a.reason).inc()
+                self.fallbacks.inc((cohort, route, a.upstream, a.reason))
         for name, _score, passed, upstream in rec.evals:
-            self._child(self.evals, name, cohort, upstream, "pass" if passed else "fail").inc()
+            self.evals.inc((name, cohort, upstream, "pass" if passed else "fail"))
 
     def exposition(self) -> tuple[bytes, str]:
-        if MULTIPROC:
+        if _multiproc():
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
-        assert self.registry is not None
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -41,16 +41,16 @@ async def reload_policy(state: AppState, semantic_factory: Any = None) -> bool:
         for c in new.new_clients:
             await c.start()
     except PolicyError as exc:
-        state.metrics.reloads.labels("rejected").inc()
+        state.metrics.reloads.inc(("rejected",))
         log.error("policy reload rejected; the previous policy keeps serving.\n%s", exc)
         return False
     except Exception as exc:
-        state.metrics.reloads.labels("rejected").inc()
+        state.metrics.reloads.inc(("rejected",))
         log.error("policy reload failed (%s: %s); the previous policy keeps serving.", type(exc).__name__, exc)
         return False
     old = state.runtime
     state.runtime = new
-    state.metrics.reloads.labels("ok").inc()
+    state.metrics.reloads.inc(("ok",))
     log.info("policy reloaded from %s: %d upstreams, %d cohorts, %d routes", path, len(policy.upstreams),
              len(policy.cohorts), len(policy.routes))
     for hook in getattr(state, "reload_hooks", []):

@@ -140,7 +140,7 @@ def test_hot_reload_good_then_bad_file(fake, gateway):
     assert served_by(g) == "a"
     g.policy_path.write_text(policy({"a": a.url, "b": b.url}, ROUTE_TO.format("b")))
     assert wait_until(lambda: served_by(g) == "b")
-    reloads = lambda result: g.state.metrics.reloads.labels(result)._value.get()  # noqa: E731
+    reloads = lambda result: g.state.metrics.reloads.value((result,))  # noqa: E731
     assert reloads("ok") == 1
     g.policy_path.write_text("upstreams: [this is not a policy")
     assert wait_until(lambda: reloads("rejected") == 1)
