@@ -68,6 +68,7 @@ def _ascii(s: str) -> str:
 async def handle(state: AppState, request: web.Request, path: str, operation: str) -> web.StreamResponse:
     rec = RequestRecord(new_request_id(request), operation=operation)
     rt = state.runtime  # one snapshot for the whole request, even if a reload swaps it meanwhile
+    state.begin(rec, request.headers)
     try:
         caller = rt.auth.authenticate(request.headers)
         rec.key_name = caller.name

@@ -40,6 +40,11 @@ class AppState:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ request hooks
+    def begin(self, rec: RequestRecord, headers: Any) -> None:
+        """Start of a client request (before auth): tracing opens the root span here."""
+        if self.tracing is not None:
+            self.tracing.begin(rec, headers)
+
     def before_attempts(self, rt: Runtime, plan: Plan, creq: ClientRequest, rec: RequestRecord) -> None:
         if self.mirror is not None and plan.route.mirror is not None:
             self.mirror.maybe_mirror(rt, plan, creq, rec)
