@@ -103,22 +103,49 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
     raise VllmStartError(f"vLLM not healthy after {timeout:.0f} s; log {log}:\n{_log_tail(log)}")
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_group(pgid: int, timeout: float) -> bool:
+    """Wait until no process of the group is left; True when it emptied in time."""
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
-    if proc.poll() is None:
+    """SIGTERM the whole process group; SIGKILL whatever is left after `grace` seconds.
+
+    vLLM's API server forks an engine-core process: the parent exiting is not enough, the group must
+    be empty (the API server shuts its engine down on SIGTERM, normally within ~3 s).
+    """
+    pgid = proc.pid  # start_new_session=True: the child leads its own group
+    if group_alive(pgid):
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    # The group may hold children (engine core) even when the parent is gone.
+    deadline = time.monotonic() + grace
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
         pass
+    if not _wait_group(pgid, max(0.0, deadline - time.monotonic())):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_group(pgid, 10.0)
     if proc.poll() is None:
         proc.wait(5)
 

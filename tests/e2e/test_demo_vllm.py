@@ -6,7 +6,7 @@ Creates vLLM's own virtualenv on first run (~100-160 s, cached under the demo ca
 from __future__ import annotations
 
 import json
-import os
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -25,42 +25,43 @@ def _post(url: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_vllm_serves_base_and_lora_adapter(tiny_model: Path, tiny_adapter: TrainResult, tmp_path: Path) -> None:
-    from demo.vllm_server import vllm_server
+    from demo.vllm_server import group_alive, vllm_server
 
     log = tmp_path / "vllm.log"
-    with vllm_server(tiny_model, "tiny-base", loras={"tiny-billing": tiny_adapter.adapter_dir}, log=log) as srv:
-        with urllib.request.urlopen(f"{srv.base_url}/models", timeout=10) as r:
-            names = {m["id"] for m in json.loads(r.read())["data"]}
-        assert {"tiny-base", "tiny-billing"} <= names
-        answers = {}
-        for name in ("tiny-base", "tiny-billing"):
-            out = _post(f"{srv.base_url}/chat/completions", {
-                "model": name, "temperature": 0, "max_tokens": 16,
-                "messages": [{"role": "user", "content": "I was charged twice for invoice INV-12345."}]})
-            assert out["model"] == name
-            assert out["usage"]["completion_tokens"] > 0
-            answers[name] = out["choices"][0]["message"]["content"]
-        # The adapter changes the weights, so greedy outputs of the two names differ.
-        assert answers["tiny-base"] != answers["tiny-billing"]
-        # A request with tools goes through the hermes parser without error (random weights: any answer).
-        tools = [{"type": "function", "function": {"name": "lookup_invoice", "parameters": {
-            "type": "object", "properties": {"invoice_id": {"type": "string"}}, "required": ["invoice_id"]}}}]
-        out = _post(f"{srv.base_url}/chat/completions", {
-            "model": "tiny-billing", "temperature": 0, "max_tokens": 16, "tools": tools,
-            "messages": [{"role": "user", "content": "Status of INV-12345?"}]})
-        assert out["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
-        pid = srv.pid
-    assert not _alive(pid), "vLLM's process group is still running after the context exited"
+    # Ctrl-C inside the block (KeyboardInterrupt) must stop the server just like a normal exit.
+    with pytest.raises(KeyboardInterrupt):
+        with vllm_server(tiny_model, "tiny-base", loras={"tiny-billing": tiny_adapter.adapter_dir}, log=log) as srv:
+            pid = srv.pid
+            _exercise(srv.base_url)
+            stopping = time.monotonic()
+            raise KeyboardInterrupt
+    assert not group_alive(pid), "vLLM's process group is still running after the context exited"
+    assert time.monotonic() - stopping < 30
     assert "tiny-billing" in log.read_text()
+
+
+def _exercise(base_url: str) -> None:
+    with urllib.request.urlopen(f"{base_url}/models", timeout=10) as r:
+        names = {m["id"] for m in json.loads(r.read())["data"]}
+    assert {"tiny-base", "tiny-billing"} <= names
+    answers = {}
+    for name in ("tiny-base", "tiny-billing"):
+        out = _post(f"{base_url}/chat/completions", {
+            "model": name, "temperature": 0, "max_tokens": 16,
+            "messages": [{"role": "user", "content": "I was charged twice for invoice INV-12345."}]})
+        assert out["model"] == name
+        assert out["usage"]["completion_tokens"] > 0
+        answers[name] = out["choices"][0]["message"]["content"]
+    # The adapter changes the weights, so greedy outputs of the two names differ.
+    assert answers["tiny-base"] != answers["tiny-billing"]
+    # A request with tools goes through the hermes parser without error (random weights: any answer).
+    tools = [{"type": "function", "function": {"name": "lookup_invoice", "parameters": {
+        "type": "object", "properties": {"invoice_id": {"type": "string"}}, "required": ["invoice_id"]}}}]
+    out = _post(f"{base_url}/chat/completions", {
+        "model": "tiny-billing", "temperature": 0, "max_tokens": 16, "tools": tools,
+        "messages": [{"role": "user", "content": "Status of INV-12345?"}]})
+    assert out["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
 
 
 def test_vllm_start_failure_reports_the_log(tmp_path: Path) -> None:
