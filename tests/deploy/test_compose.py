@@ -27,8 +27,14 @@ MODELS = ("base", "source", "candidate")
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # Offline: `config` only reads and interpolates the file; no Docker engine is needed.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "VLLM_", "DOCKER_"))}
-    return subprocess.run([venv_tool("docker-compose"), "-f", str(COMPOSE), *args], capture_output=True, text=True,
-                          timeout=120, cwd=DOCKER, env={**clean, **(env or {})})
+    return subprocess.run(
+        [venv_tool("docker-compose"), "-f", str(COMPOSE), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=DOCKER,
+        env={**clean, **(env or {})},
+    )
 
 
 def resolved(profile: str | None, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -51,8 +57,13 @@ def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
     """Negative control: `config -q` does validate."""
     bad = tmp_path / "compose.yaml"
     bad.write_text("services:\n  x:\n    image: a\n    ports: {bad: mapping}\n    restart: sometimes\n")
-    proc = subprocess.run([venv_tool("docker-compose"), "-f", str(bad), "config", "-q"], capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [venv_tool("docker-compose"), "-f", str(bad), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
 
 
@@ -79,8 +90,11 @@ def test_one_vllm_server_per_model(profile: str) -> None:
 
 
 def test_vllm_image_and_models_from_env() -> None:
-    env = {"VLLM_IMAGE": "vllm/vllm-openai:v9.9.9", "VLLM_CPU_IMAGE": "vllm/vllm-openai-cpu:v9.9.9",
-           "CANDIDATE_MODEL": "/models/merged-7"}
+    env = {
+        "VLLM_IMAGE": "vllm/vllm-openai:v9.9.9",
+        "VLLM_CPU_IMAGE": "vllm/vllm-openai-cpu:v9.9.9",
+        "CANDIDATE_MODEL": "/models/merged-7",
+    }
     gpu = resolved("gpu", env)["services"]
     assert gpu["vllm-base-gpu"]["image"] == "vllm/vllm-openai:v9.9.9"
     assert gpu["vllm-candidate-gpu"]["command"][0] == "/models/merged-7"
@@ -129,8 +143,12 @@ def _prometheus() -> dict[str, Any]:
 
 def test_promtool_check_config() -> None:
     promtool = require_tool("promtool", "Debian package prometheus")
-    proc = subprocess.run([promtool, "check", "config", str(DOCKER / "prometheus" / "prometheus.yml")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [promtool, "check", "config", str(DOCKER / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -151,15 +169,24 @@ def test_prometheus_scrapes_gateway_and_every_vllm() -> None:
 
 def test_grafana_provisioning() -> None:
     services = resolved(None)["services"]
-    mounts = {m["target"]: Path(m["source"]).resolve() for m in services["grafana"]["volumes"] if "source" in m
-              and m["type"] == "bind"}
+    mounts = {
+        m["target"]: Path(m["source"]).resolve()
+        for m in services["grafana"]["volumes"]
+        if "source" in m and m["type"] == "bind"
+    }
     assert mounts["/etc/grafana/provisioning"] == (DOCKER / "grafana" / "provisioning").resolve()
-    ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/datasources.yaml").read_text())["datasources"]
+    ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/datasources.yaml").read_text())[
+        "datasources"
+    ]
     by_type = {d["type"]: d for d in ds}
-    assert urlparse(by_type["prometheus"]["url"]).hostname == "prometheus" and by_type["prometheus"]["isDefault"]
+    assert (
+        urlparse(by_type["prometheus"]["url"]).hostname == "prometheus" and by_type["prometheus"]["isDefault"]
+    )
     assert urlparse(by_type["jaeger"]["url"]).hostname == "jaeger"
     assert {d["uid"] for d in ds} == {"prometheus", "jaeger"}
-    providers = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/dashboards.yaml").read_text())["providers"]
+    providers = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/dashboards.yaml").read_text())[
+        "providers"
+    ]
     path = providers[0]["options"]["path"]
     # Grafana reads the folder where compose mounts docker/grafana/dashboards.
     assert mounts[path] == (DOCKER / "grafana" / "dashboards").resolve()
@@ -180,6 +207,8 @@ def test_otel_collector_otlp_in_jaeger_out() -> None:
     services = resolved(None)["services"]
     assert host == "jaeger" and host in services
     assert services["jaeger"]["image"].startswith("jaegertracing/jaeger:")
-    collector_mounts = {m["target"]: Path(m["source"]).resolve() for m in services["otel-collector"]["volumes"]}
+    collector_mounts = {
+        m["target"]: Path(m["source"]).resolve() for m in services["otel-collector"]["volumes"]
+    }
     config_arg = next(a for a in services["otel-collector"]["command"] if a.startswith("--config="))
     assert collector_mounts[config_arg.split("=", 1)[1]] == (DOCKER / "otel-collector.yaml").resolve()

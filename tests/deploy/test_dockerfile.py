@@ -70,8 +70,13 @@ def dockerfile_env() -> dict[str, str]:
 
 
 def test_hadolint_clean() -> None:
-    proc = subprocess.run([venv_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [venv_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == ""
 
@@ -82,7 +87,9 @@ def test_hadolint_is_not_a_no_op(tmp_path: object) -> None:
 
     bad = Path(str(tmp_path)) / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install requests\n")
-    proc = subprocess.run([venv_tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [venv_tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "DL3007" in proc.stdout
 
 
@@ -116,7 +123,9 @@ def test_runs_as_non_root_numeric_user() -> None:
     assert uid.isdigit() and int(uid) != 0, users[-1]
     # USER comes after the last RUN (nothing after it runs as root).
     kinds = [i for i, _ in instructions()]
-    assert max(k for k, i in enumerate(kinds) if i == "RUN") < max(k for k, i in enumerate(kinds) if i == "USER")
+    assert max(k for k, i in enumerate(kinds) if i == "RUN") < max(
+        k for k, i in enumerate(kinds) if i == "USER"
+    )
 
 
 def test_healthcheck_probes_readyz_with_python() -> None:
@@ -128,8 +137,16 @@ def test_healthcheck_probes_readyz_with_python() -> None:
 
 
 def test_default_command_and_policy_volume() -> None:
-    assert dockerfile_cmd() == ["cohortgate", "serve", "--policy", POLICY_PATH, "--host", "0.0.0.0",
-                                "--port", "8080"]
+    assert dockerfile_cmd() == [
+        "cohortgate",
+        "serve",
+        "--policy",
+        POLICY_PATH,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
+    ]
     volumes = [json.loads(a) for i, a in instructions() if i == "VOLUME"]
     assert volumes == [["/etc/cohortgate"]]
     assert ("EXPOSE", "8080") in instructions()
@@ -141,8 +158,11 @@ def test_build_context_keeps_every_packaged_directory() -> None:
     distribution builds (pyproject's packages.find include), or the image's wheel lacks it."""
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
     includes = py["tool"]["setuptools"]["packages"]["find"]["include"]
-    allowed = {ln.strip()[1:].rstrip("/") for ln in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
-               if ln.strip().startswith("!")}
+    allowed = {
+        ln.strip()[1:].rstrip("/")
+        for ln in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        if ln.strip().startswith("!")
+    }
     for pattern in includes:
         assert pattern.rstrip("*") in allowed, f"{pattern} is not let into the build context"
     assert {"pyproject.toml", "README.md"} <= allowed

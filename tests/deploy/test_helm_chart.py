@@ -69,8 +69,12 @@ def test_kubernetes_validate_strict(rendered_set: tuple[str, Any, dict[str, str]
         f.write_text(yaml.safe_dump(doc))
         files.append(f)
     for version in KUBE_VERSIONS:
-        proc = subprocess.run([venv_tool("kubernetes-validate"), "--strict", "-k", version, *map(str, files)],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [venv_tool("kubernetes-validate"), "--strict", "-k", version, *map(str, files)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"{name} against {version}:\n{out}"
         for f, doc in zip(files, docs, strict=True):
@@ -84,12 +88,22 @@ def test_kubernetes_validate_strict(rendered_set: tuple[str, Any, dict[str, str]
 def test_kubernetes_validate_catches_an_invalid_manifest(tmp_path: Path) -> None:
     """Negative control: the validator really rejects a bad field under --strict."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
-        "spec": {"ports": [{"port": 80}], "selectr": {"a": "b"}},
-    }))
-    proc = subprocess.run([venv_tool("kubernetes-validate"), "--strict", "-k", KUBE_VERSIONS[0], str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "x"},
+                "spec": {"ports": [{"port": 80}], "selectr": {"a": "b"}},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [venv_tool("kubernetes-validate"), "--strict", "-k", KUBE_VERSIONS[0], str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0, proc.stdout
 
 
@@ -102,8 +116,21 @@ def test_every_value_is_exercised_by_all_options() -> None:
         out = set()
         for k, v in d.items():
             out.add(prefix + k)
-            if isinstance(v, dict) and v and k not in {"resources", "podSecurityContext", "securityContext",
-                                                        "requests", "limits", "values", "labels", "annotations"}:
+            if (
+                isinstance(v, dict)
+                and v
+                and k
+                not in {
+                    "resources",
+                    "podSecurityContext",
+                    "securityContext",
+                    "requests",
+                    "limits",
+                    "values",
+                    "labels",
+                    "annotations",
+                }
+            ):
                 out |= keys(v, prefix + k + ".")
         return out
 
@@ -112,14 +139,17 @@ def test_every_value_is_exercised_by_all_options() -> None:
 
 
 # ------------------------------------------------------------------ values.schema.json
-@pytest.mark.parametrize("bad, message", [
-    ({"replicaCount": "two"}, "replicaCount"),
-    ({"replicasCount": 2}, "replicasCount"),
-    ({"modelServers": {"models": [{"name": "Base_Model", "model": "x"}]}}, "name"),
-    ({"otel": {"enabled": True, "endpoint": "otel:4318"}}, "endpoint"),
-    ({"callerKeys": {"keys": [{"name": "k", "sha256": "not-a-digest"}]}}, "sha256"),
-    ({"service": {"type": "Ingress"}}, "type"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"replicaCount": "two"}, "replicaCount"),
+        ({"replicasCount": 2}, "replicasCount"),
+        ({"modelServers": {"models": [{"name": "Base_Model", "model": "x"}]}}, "name"),
+        ({"otel": {"enabled": True, "endpoint": "otel:4318"}}, "endpoint"),
+        ({"callerKeys": {"keys": [{"name": "k", "sha256": "not-a-digest"}]}}, "sha256"),
+        ({"service": {"type": "Ingress"}}, "type"),
+    ],
+)
 def test_schema_rejects_bad_values(bad: dict[str, Any], message: str) -> None:
     h = helm()
     with pytest.raises(h.HelmValuesError) as exc:
@@ -127,15 +157,21 @@ def test_schema_rejects_bad_values(bad: dict[str, Any], message: str) -> None:
     assert message in str(exc.value)
 
 
-@pytest.mark.parametrize("values, message", [
-    # Caller keys need the policy to read the mounted file.
-    ({"callerKeys": {"enabled": True, "keys": [{"name": "a", "sha256": "0" * 64}]}}, "keys_file_env"),
-    # An upstream whose key no Secret provides would never authenticate.
-    # (with model servers off, nothing generates the key the default policy names)
-    ({"modelServers": {"enabled": False}}, "upstreamKeys.values.VLLM_API_KEY"),
-    ({"upstreamKeys": {"values": {"VLLM_API_KEY": None}}, "modelServers": {"apiKeyEnv": ""}}, "VLLM_API_KEY"),
-    ({"policy": {"content": "upstreams: [unclosed"}}, "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        # Caller keys need the policy to read the mounted file.
+        ({"callerKeys": {"enabled": True, "keys": [{"name": "a", "sha256": "0" * 64}]}}, "keys_file_env"),
+        # An upstream whose key no Secret provides would never authenticate.
+        # (with model servers off, nothing generates the key the default policy names)
+        ({"modelServers": {"enabled": False}}, "upstreamKeys.values.VLLM_API_KEY"),
+        (
+            {"upstreamKeys": {"values": {"VLLM_API_KEY": None}}, "modelServers": {"apiKeyEnv": ""}},
+            "VLLM_API_KEY",
+        ),
+        ({"policy": {"content": "upstreams: [unclosed"}}, "not valid YAML"),
+    ],
+)
 def test_render_refuses_setups_that_cannot_work(values: dict[str, Any], message: str) -> None:
     h = helm()
     with pytest.raises(h.HelmError) as exc:
@@ -154,7 +190,7 @@ def _policy_files(docs: list[Manifest], tmp_path: Path) -> tuple[Path, dict[str,
     container = dep["spec"]["template"]["spec"]["containers"][0]
     for secret in find(docs, "Secret"):
         if secret["metadata"]["name"].endswith("-caller-keys"):
-            (key, text), = secret["stringData"].items()
+            ((key, text),) = secret["stringData"].items()
             keys_file = tmp_path / key
             keys_file.write_text(text)
             env_name = next(e["name"] for e in container["env"] if e.get("value", "").endswith("/" + key))
@@ -163,12 +199,16 @@ def _policy_files(docs: list[Manifest], tmp_path: Path) -> tuple[Path, dict[str,
 
 
 def _gateway(docs: list[Manifest]) -> Manifest:
-    return next(d for d in find(docs, "Deployment")
-                if d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway")
+    return next(
+        d
+        for d in find(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    )
 
 
-def test_rendered_policy_is_valid_for_the_gateway(rendered_set: tuple[str, Any, dict[str, str]],
-                                                  tmp_path: Path) -> None:
+def test_rendered_policy_is_valid_for_the_gateway(
+    rendered_set: tuple[str, Any, dict[str, str]], tmp_path: Path
+) -> None:
     name, _, rendered = rendered_set
     docs = manifests(rendered)
     policy, env = _policy_files(docs, tmp_path)
@@ -176,8 +216,10 @@ def test_rendered_policy_is_valid_for_the_gateway(rendered_set: tuple[str, Any, 
     assert proc.returncode == 0, f"{name}: {proc.stderr}"
     data = yaml.safe_load(policy.read_text())
     # Upstreams on the chart's model servers point at Services the chart renders.
-    services = {f"{s['metadata']['name']}.{NAMESPACE}.svc:{s['spec']['ports'][0]['port']}"
-                for s in find(docs, "Service")}
+    services = {
+        f"{s['metadata']['name']}.{NAMESPACE}.svc:{s['spec']['ports'][0]['port']}"
+        for s in find(docs, "Service")
+    }
     for up_name, up in data["upstreams"].items():
         host = re.match(r"https?://([^/]+)", up["base_url"]).group(1)  # type: ignore[union-attr]
         if host.endswith(".svc:8000"):
@@ -231,14 +273,18 @@ def test_probes(rendered_set: tuple[str, Any, dict[str, str]]) -> None:
 
 # ------------------------------------------------------------------ keys
 def test_upstream_keys_reach_the_gateway_as_the_policy_names_them(
-        rendered_set: tuple[str, Any, dict[str, str]]) -> None:
+    rendered_set: tuple[str, Any, dict[str, str]],
+) -> None:
     docs = manifests(rendered_set[2])
     c = _gateway(docs)["spec"]["template"]["spec"]["containers"][0]
     secret_name = c["envFrom"][0]["secretRef"]["name"]
     secret = one(docs, "Secret", secret_name)
     keys = {k: _base64(v) for k, v in secret["data"].items()}
-    policy = yaml.safe_load(next(d for d in find(docs, "ConfigMap")
-                                 if d["metadata"]["name"].endswith("-policy"))["data"]["policy.yaml"])
+    policy = yaml.safe_load(
+        next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-policy"))["data"][
+            "policy.yaml"
+        ]
+    )
     for up in policy["upstreams"].values():
         if up.get("api_key_env"):
             assert keys.get(up["api_key_env"]), f"{up['api_key_env']} missing or empty in {secret_name}"
@@ -279,18 +325,26 @@ def test_hpa_owns_replicas_when_enabled(all_docs: list[Manifest]) -> None:
     dep = _gateway(all_docs)
     assert "replicas" not in dep["spec"]
     hpa = one(all_docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": dep["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": dep["metadata"]["name"],
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
     assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu", "memory"}
     assert one(all_docs, "PodDisruptionBudget")["spec"] == {
-        "maxUnavailable": 1, "selector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]}}
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]},
+    }
 
 
 # ------------------------------------------------------------------ model servers and network
 def _model_servers(docs: list[Manifest]) -> list[Manifest]:
-    return [d for d in find(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"]
-            == "model-server"]
+    return [
+        d
+        for d in find(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "model-server"
+    ]
 
 
 def test_model_servers(all_docs: list[Manifest]) -> None:
@@ -303,7 +357,10 @@ def test_model_servers(all_docs: list[Manifest]) -> None:
     assert ctr["base"]["image"].startswith("vllm/vllm-openai:")
     assert "cpu" in ctr["small-cpu"]["image"]
     assert ctr["candidate"]["args"][:3] == ["/models/candidate", "--served-model-name", "candidate"]
-    assert "--tensor-parallel-size" in ctr["candidate"]["args"] and "--enable-prefix-caching" in ctr["base"]["args"]
+    assert (
+        "--tensor-parallel-size" in ctr["candidate"]["args"]
+        and "--enable-prefix-caching" in ctr["base"]["args"]
+    )
     claim = {v["name"]: v for v in servers["candidate"]["spec"]["template"]["spec"]["volumes"]}["models"]
     assert claim["persistentVolumeClaim"] == {"claimName": "cohortgate-models", "readOnly": True}
     small_mount = {m["name"]: m for m in ctr["small-cpu"]["volumeMounts"]}["models"]
@@ -337,7 +394,9 @@ def test_only_the_gateway_reaches_the_model_servers(rendered_set: tuple[str, Any
     first = spec["ingress"][0]["from"]
     assert len(first) == 1 and selects(first[0]["podSelector"]["matchLabels"], gateway_pods)
     # The gateway selector does not also admit model-server pods (they must not call each other).
-    assert not any(selects(first[0]["podSelector"]["matchLabels"], pod_labels(d)) for d in _model_servers(docs))
+    assert not any(
+        selects(first[0]["podSelector"]["matchLabels"], pod_labels(d)) for d in _model_servers(docs)
+    )
     metrics_from = (values or {}).get("networkPolicy", {}).get("metricsFrom", [])
     assert [r["from"] for r in spec["ingress"][1:]] == ([metrics_from] if metrics_from else [])
 
@@ -356,14 +415,18 @@ def test_service_monitors_select_the_services(all_docs: list[Manifest]) -> None:
     for sm in sms:
         assert sm["apiVersion"] == "monitoring.coreos.com/v1"
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        matched = [s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        matched = [
+            s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
         assert matched, sm["metadata"]["name"]
         for ep in sm["spec"]["endpoints"]:
             assert ep["path"] == "/metrics" and ep["interval"] == "30s"
             for s in matched:
                 assert ep["port"] in {p["name"] for p in s["spec"]["ports"]}
     gw_sm = next(s for s in sms if not s["metadata"]["name"].endswith("-model-servers"))
-    matched = [s for s in services if selects(gw_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    matched = [
+        s for s in services if selects(gw_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert [s["metadata"]["name"] for s in matched] == [_gateway(all_docs)["metadata"]["name"]]
 
 
@@ -378,8 +441,10 @@ def test_otel_env(default_docs: list[Manifest], all_docs: list[Manifest]) -> Non
     assert e["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     assert e["OTEL_SERVICE_NAME"] == "cohortgate-prod"
     assert e["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
-    assert e["OTEL_RESOURCE_ATTRIBUTES"] == ("k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),"
-                                             "deployment.environment=prod,service.namespace=llm")
+    assert e["OTEL_RESOURCE_ATTRIBUTES"] == (
+        "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),"
+        "deployment.environment=prod,service.namespace=llm"
+    )
 
 
 def test_dashboards_configmap_for_the_grafana_sidecar(tmp_path: Path) -> None:
@@ -392,7 +457,11 @@ def test_dashboards_configmap_for_the_grafana_sidecar(tmp_path: Path) -> None:
     board = {"title": "cohortgate overview", "uid": "cg-overview", "panels": [], "schemaVersion": 39}
     (chart / "dashboards" / "overview.json").write_text(json.dumps(board))
     values = all_options_values()
-    cm = [d for d in find(manifests(render(values, chart)), "ConfigMap") if d["metadata"]["name"].endswith("-dashboards")]
+    cm = [
+        d
+        for d in find(manifests(render(values, chart)), "ConfigMap")
+        if d["metadata"]["name"].endswith("-dashboards")
+    ]
     assert len(cm) == 1
     meta = cm[0]["metadata"]
     assert meta["labels"]["grafana_dashboard"] == "1"

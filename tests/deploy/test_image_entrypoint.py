@@ -51,7 +51,9 @@ class _Upstream(BaseHTTPRequestHandler):
         if self.path == "/health":
             self._json(200, {})
         elif self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "test"}]})
+            self._json(
+                200, {"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "test"}]}
+            )
         else:
             self._json(404, {"error": {"message": "not found", "type": "not_found"}})
 
@@ -61,12 +63,23 @@ class _Upstream(BaseHTTPRequestHandler):
         if self.path != "/v1/chat/completions":
             self._json(404, {"error": {"message": "not found", "type": "not_found"}})
             return
-        self._json(200, {
-            "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "hello from the upstream"}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
-        })
+        self._json(
+            200,
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "hello from the upstream"},
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+            },
+        )
 
 
 @pytest.fixture()
@@ -94,32 +107,70 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv holding the project's wheel with no extras."""
     tmp = tmp_path_factory.mktemp("image")
     wheels = tmp / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
-          "-w", str(wheels), str(ROOT)], timeout=300)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        timeout=300,
+    )
     (wheel,) = wheels.glob("cohortgate-*.whl")
     venv = tmp / "venv"
     base_python = getattr(sys, "_base_executable", sys.executable)
     _run([base_python, "-m", "venv", str(venv)], timeout=120)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-          str(wheel)], timeout=540)
-    # The image build runs the same smoke check (docker/Dockerfile): every module the CLI imports
-    # at start-up must come with the core dependencies.
-    smoke = subprocess.run([str(venv / "bin" / "cohortgate"), "--help"], capture_output=True, text=True, timeout=60)
-    assert smoke.returncode == 0, (
-        "`cohortgate --help` fails in a plain `pip install cohortgate` (what the image installs); a module it "
-        f"imports is missing from [project].dependencies in pyproject.toml:\n{smoke.stderr[-2000:]}")
+    _run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            str(wheel),
+        ],
+        timeout=540,
+    )
     return venv
 
 
+def _smoke(venv: Path) -> None:
+    """The image build runs the same check (docker/Dockerfile): every module the CLI imports at
+    start-up must come with the core dependencies."""
+    smoke = subprocess.run(
+        [str(venv / "bin" / "cohortgate"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert smoke.returncode == 0, (
+        "`cohortgate --help` fails after a plain `pip install cohortgate` (what the image installs): "
+        "a module it imports is missing from [project].dependencies in pyproject.toml:\n"
+        + smoke.stderr[-2000:]
+    )
+
+
+def test_cli_starts_from_a_plain_install(image_venv: Path) -> None:
+    _smoke(image_venv)
+
+
 def test_wheel_install_has_no_heavy_dependencies(image_venv: Path) -> None:
-    code = ("import importlib.util, json, sys; "
-            "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m)]))")
+    code = (
+        "import importlib.util, json, sys; "
+        "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m)]))"
+    )
     out = _run([str(image_venv / "bin" / "python"), "-c", code, *HEAVY], timeout=60).stdout
     assert json.loads(out) == []
 
 
-def test_dockerfile_cmd_serves_readyz_from_the_installed_wheel(image_venv: Path, upstream: str,
-                                                               tmp_path: Path) -> None:
+def test_dockerfile_cmd_serves_readyz_from_the_installed_wheel(
+    image_venv: Path, upstream: str, tmp_path: Path
+) -> None:
+    _smoke(image_venv)
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"""
 version: 1
@@ -139,19 +190,38 @@ routes:
     port = free_port()
     cmd = dockerfile_cmd()
     # The same command line with the test's policy path, a free port, and loopback only.
-    argv = [str(policy) if a == POLICY_PATH else str(port) if a == "8080" else "127.0.0.1" if a == "0.0.0.0" else a
-            for a in cmd]
+    argv = [
+        str(policy)
+        if a == POLICY_PATH
+        else str(port)
+        if a == "8080"
+        else "127.0.0.1"
+        if a == "0.0.0.0"
+        else a
+        for a in cmd
+    ]
     assert argv[0] == "cohortgate" and len(argv) == len(cmd)
     bindir = image_venv / "bin"
-    env = {"PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "UPSTREAM_KEY": UPSTREAM_KEY,
-           "PYTHONUNBUFFERED": "1", "OTEL_SDK_DISABLED": "true", "VIRTUAL_ENV": str(image_venv)}
+    env = {
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "UPSTREAM_KEY": UPSTREAM_KEY,
+        "PYTHONUNBUFFERED": "1",
+        "OTEL_SDK_DISABLED": "true",
+        "VIRTUAL_ENV": str(image_venv),
+    }
     env_clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "gateway.log"
     full_env = {**env_clean, **env}
     # cwd is not the repository: the installed wheel must be what runs (as in the image's /tmp).
-    with running([str(bindir / argv[0]), *argv[1:]], ready_url=f"{base}/readyz", env=full_env, timeout=90,
-                 log=log, cwd=tmp_path) as proc:
+    with running(
+        [str(bindir / argv[0]), *argv[1:]],
+        ready_url=f"{base}/readyz",
+        env=full_env,
+        timeout=90,
+        log=log,
+        cwd=tmp_path,
+    ) as proc:
         with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
             assert r.status == 200
         with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
@@ -166,10 +236,14 @@ routes:
         bad = subprocess.run([str(bindir / hc[0]), *hc[1:]], env=hc_env, capture_output=True, timeout=30)
         assert bad.returncode != 0
         # A request goes through with the upstream key from the env var the policy names.
-        req = urllib.request.Request(f"{base}/v1/chat/completions", method="POST",
-                                     headers={"content-type": "application/json"},
-                                     data=json.dumps({"model": "cohortgate",
-                                                      "messages": [{"role": "user", "content": "hi"}]}).encode())
+        req = urllib.request.Request(
+            f"{base}/v1/chat/completions",
+            method="POST",
+            headers={"content-type": "application/json"},
+            data=json.dumps(
+                {"model": "cohortgate", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode(),
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             reply = json.loads(r.read())
         assert reply["choices"][0]["message"]["content"] == "hello from the upstream"
