@@ -51,6 +51,8 @@ def test_compose_config_quiet(profile: str | None) -> None:
     proc = compose(*(["--profile", profile] if profile else []), "config", "-q")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
+    # No warnings either (an unset variable, an obsolete key).
+    assert proc.stderr == "", proc.stderr
 
 
 def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
