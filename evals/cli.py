@@ -98,3 +98,77 @@ def run_cmd(
                f"{s.elapsed_s:.1f}s, {s.rows_per_s:.1f} rows/s")
     if s.errors:
         raise typer.Exit(1)
+
+
+@eval_command.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="run directory (or a run-row JSONL such as a shadow sink)")],
+    out: Annotated[Path | None, typer.Option(help="where report.json/report.html go (default: RUN_DIR)")] = None,
+    candidate: Annotated[str | None, typer.Option(help="model whose retention to compute")] = None,
+    sources: Annotated[str | None, typer.Option(help="comma-separated source models (default: all but candidate/base)")] = None,
+    base: Annotated[str | None, typer.Option(help="base model (excluded from default sources)")] = None,
+    quiet: Annotated[bool, typer.Option(help="write files without printing the tables")] = False,
+) -> None:
+    """Per cohort x model table (mean, pass rate, 95% CIs, latency, tokens, retention) + report.json/html."""
+    from evals.report import build_report, print_report, write_report
+    from evals.runfile import RunError
+
+    try:
+        rep = build_report(run, candidate, [s.strip() for s in sources.split(",")] if sources else None, base)
+    except RunError as exc:
+        _fail(str(exc))
+    target = out or (run if run.is_dir() else run.parent)
+    if not quiet:
+        print_report(rep)
+    jp, hp = write_report(rep, target)
+    typer.echo(f"wrote {jp} and {hp}")
+
+
+promote_command = typer.Typer(name="promote", add_completion=False,
+                              help="Write a routing policy promoting a candidate per cohort.")
+
+
+@promote_command.command()
+def promote_cmd(
+    run: Annotated[Path, typer.Option("--run", help="run directory with candidate, base and every source")],
+    candidate: Annotated[str, typer.Option(help="run model name of the merged candidate")],
+    policy: Annotated[Path, typer.Option(help="the current policy YAML")],
+    out: Annotated[Path, typer.Option("--out", help="where the new policy YAML goes")],
+    provenance: Annotated[Path | None, typer.Option(help="CANDIDATE_DIR/provenance.json (required)")] = None,
+    base: Annotated[str | None, typer.Option(help="run model name of the base (default: from provenance)")] = None,
+    sources: Annotated[str | None, typer.Option(help="comma-separated run names of the sources (default: provenance)")] = None,
+    floor: Annotated[list[str] | None, typer.Option(help="NAME=MIN absolute floor on the mean, repeatable")] = None,
+    gate: Annotated[str | None, typer.Option(help="comma-separated gating evaluators (default: all in the run)")] = None,
+    margin: Annotated[float, typer.Option(help="non-inferiority margin on the paired-difference CI lower bound")] = 0.05,
+    max_latency_ratio: Annotated[float, typer.Option(help="candidate p99 <= ratio x the serving model's")] = 1.5,
+    max_p99_ms: Annotated[float | None, typer.Option(help="absolute p99 latency limit")] = None,
+    max_token_ratio: Annotated[float, typer.Option(help="candidate output tokens/request <= ratio x serving model's")] = 1.5,
+    min_rows: Annotated[int, typer.Option(help="minimum candidate rows per cohort")] = 10,
+    canary_weight: Annotated[float, typer.Option(min=0.1, max=100.0, help="starting candidate weight (of 100)")] = 10.0,
+    mirror_percent: Annotated[float, typer.Option(min=0.0, max=100.0)] = 10.0,
+    check: Annotated[bool, typer.Option(help="validate the result with `cohortgate policy check`")] = True,
+) -> None:
+    """Promote the candidate only on the cohorts where it is non-inferior to the base and every source."""
+    import subprocess
+    import sys
+
+    from evals.promote import Gates, PromotionRefused, promote, write_outputs
+
+    gates = Gates(margin=margin, gate=[g.strip() for g in gate.split(",")] if gate else None,
+                  max_latency_ratio=max_latency_ratio, max_p99_ms=max_p99_ms, max_token_ratio=max_token_ratio,
+                  min_rows=min_rows, canary_weight=canary_weight, mirror_percent=mirror_percent)
+    if floor:
+        gates.floors.update(_thresholds(floor))
+    try:
+        res = promote(run, candidate, policy, base, [s.strip() for s in sources.split(",")] if sources else None,
+                      provenance, gates)
+    except PromotionRefused as exc:
+        _fail(f"refusing to promote: {exc}")
+    written, md = write_outputs(res, out, candidate, provenance)
+    typer.echo(md.read_text())
+    if check:
+        r = subprocess.run([sys.executable, "-m", "cohortgate.cli", "policy", "check", str(written)],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            _fail(f"the written policy {written} does not pass `cohortgate policy check`:\n{r.stdout}{r.stderr}", 1)
+    typer.echo(f"wrote {written} and {md}")
