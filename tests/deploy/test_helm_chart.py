@@ -200,9 +200,7 @@ def _policy_files(docs: list[Manifest], tmp_path: Path) -> tuple[Path, dict[str,
 
 def _gateway(docs: list[Manifest]) -> Manifest:
     return next(
-        d
-        for d in find(docs, "Deployment")
-        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+        d for d in find(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
     )
 
 
@@ -217,8 +215,7 @@ def test_rendered_policy_is_valid_for_the_gateway(
     data = yaml.safe_load(policy.read_text())
     # Upstreams on the chart's model servers point at Services the chart renders.
     services = {
-        f"{s['metadata']['name']}.{NAMESPACE}.svc:{s['spec']['ports'][0]['port']}"
-        for s in find(docs, "Service")
+        f"{s['metadata']['name']}.{NAMESPACE}.svc:{s['spec']['ports'][0]['port']}" for s in find(docs, "Service")
     }
     for up_name, up in data["upstreams"].items():
         host = re.match(r"https?://([^/]+)", up["base_url"]).group(1)  # type: ignore[union-attr]
@@ -281,9 +278,7 @@ def test_upstream_keys_reach_the_gateway_as_the_policy_names_them(
     secret = one(docs, "Secret", secret_name)
     keys = {k: _base64(v) for k, v in secret["data"].items()}
     policy = yaml.safe_load(
-        next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-policy"))["data"][
-            "policy.yaml"
-        ]
+        next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-policy"))["data"]["policy.yaml"]
     )
     for up in policy["upstreams"].values():
         if up.get("api_key_env"):
@@ -341,9 +336,7 @@ def test_hpa_owns_replicas_when_enabled(all_docs: list[Manifest]) -> None:
 # ------------------------------------------------------------------ model servers and network
 def _model_servers(docs: list[Manifest]) -> list[Manifest]:
     return [
-        d
-        for d in find(docs, "Deployment")
-        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "model-server"
+        d for d in find(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "model-server"
     ]
 
 
@@ -357,10 +350,7 @@ def test_model_servers(all_docs: list[Manifest]) -> None:
     assert ctr["base"]["image"].startswith("vllm/vllm-openai:")
     assert "cpu" in ctr["small-cpu"]["image"]
     assert ctr["candidate"]["args"][:3] == ["/models/candidate", "--served-model-name", "candidate"]
-    assert (
-        "--tensor-parallel-size" in ctr["candidate"]["args"]
-        and "--enable-prefix-caching" in ctr["base"]["args"]
-    )
+    assert "--tensor-parallel-size" in ctr["candidate"]["args"] and "--enable-prefix-caching" in ctr["base"]["args"]
     claim = {v["name"]: v for v in servers["candidate"]["spec"]["template"]["spec"]["volumes"]}["models"]
     assert claim["persistentVolumeClaim"] == {"claimName": "cohortgate-models", "readOnly": True}
     small_mount = {m["name"]: m for m in ctr["small-cpu"]["volumeMounts"]}["models"]
@@ -394,9 +384,7 @@ def test_only_the_gateway_reaches_the_model_servers(rendered_set: tuple[str, Any
     first = spec["ingress"][0]["from"]
     assert len(first) == 1 and selects(first[0]["podSelector"]["matchLabels"], gateway_pods)
     # The gateway selector does not also admit model-server pods (they must not call each other).
-    assert not any(
-        selects(first[0]["podSelector"]["matchLabels"], pod_labels(d)) for d in _model_servers(docs)
-    )
+    assert not any(selects(first[0]["podSelector"]["matchLabels"], pod_labels(d)) for d in _model_servers(docs))
     metrics_from = (values or {}).get("networkPolicy", {}).get("metricsFrom", [])
     assert [r["from"] for r in spec["ingress"][1:]] == ([metrics_from] if metrics_from else [])
 
@@ -404,7 +392,11 @@ def test_only_the_gateway_reaches_the_model_servers(rendered_set: tuple[str, Any
 def test_gateway_network_policy_when_enabled(all_docs: list[Manifest]) -> None:
     np = next(d for d in find(all_docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-gateway"))
     assert selects(np["spec"]["podSelector"]["matchLabels"], pod_labels(_gateway(all_docs)))
-    assert len(np["spec"]["ingress"][0]["from"]) == 3
+    peers = np["spec"]["ingress"][0]["from"]
+    assert len(peers) == 4
+    # The `helm test` pod may reach the gateway.
+    test_pod = one(all_docs, "Pod")
+    assert selects(peers[-1]["podSelector"]["matchLabels"], test_pod["metadata"]["labels"])
 
 
 # ------------------------------------------------------------------ monitoring and telemetry
@@ -415,18 +407,14 @@ def test_service_monitors_select_the_services(all_docs: list[Manifest]) -> None:
     for sm in sms:
         assert sm["apiVersion"] == "monitoring.coreos.com/v1"
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        matched = [
-            s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
-        ]
+        matched = [s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
         assert matched, sm["metadata"]["name"]
         for ep in sm["spec"]["endpoints"]:
             assert ep["path"] == "/metrics" and ep["interval"] == "30s"
             for s in matched:
                 assert ep["port"] in {p["name"] for p in s["spec"]["ports"]}
     gw_sm = next(s for s in sms if not s["metadata"]["name"].endswith("-model-servers"))
-    matched = [
-        s for s in services if selects(gw_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
-    ]
+    matched = [s for s in services if selects(gw_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
     assert [s["metadata"]["name"] for s in matched] == [_gateway(all_docs)["metadata"]["name"]]
 
 
@@ -442,8 +430,7 @@ def test_otel_env(default_docs: list[Manifest], all_docs: list[Manifest]) -> Non
     assert e["OTEL_SERVICE_NAME"] == "cohortgate-prod"
     assert e["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
     assert e["OTEL_RESOURCE_ATTRIBUTES"] == (
-        "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),"
-        "deployment.environment=prod,service.namespace=llm"
+        "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),deployment.environment=prod,service.namespace=llm"
     )
 
 
@@ -458,9 +445,7 @@ def test_dashboards_configmap_for_the_grafana_sidecar(tmp_path: Path) -> None:
     (chart / "dashboards" / "overview.json").write_text(json.dumps(board))
     values = all_options_values()
     cm = [
-        d
-        for d in find(manifests(render(values, chart)), "ConfigMap")
-        if d["metadata"]["name"].endswith("-dashboards")
+        d for d in find(manifests(render(values, chart)), "ConfigMap") if d["metadata"]["name"].endswith("-dashboards")
     ]
     assert len(cm) == 1
     meta = cm[0]["metadata"]
@@ -492,3 +477,18 @@ def test_notes_show_the_openai_sdk_call(rendered_set: tuple[str, Any, dict[str, 
         assert "<your caller key>" in notes and "WARNING" not in notes
     else:
         assert "WARNING: no caller keys" in notes
+
+
+def test_packaged_chart_renders(tmp_path: Path) -> None:
+    """`helm package`: the archive holds the templates, schema and dashboards, not ci/, and renders."""
+    import tarfile
+
+    h = helm()
+    archive = Path(h.package(str(CHART), destination=str(tmp_path)))
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "cohortgate/values.schema.json" in names and "cohortgate/templates/NOTES.txt" in names
+    assert not any(n.startswith("cohortgate/ci/") for n in names)
+    chart = h.Chart.load_archive(archive.read_bytes())
+    docs = manifests(dict(chart.render(None, name="rel", namespace=NAMESPACE, is_install=True)))
+    assert _gateway(docs)["metadata"]["name"] == "rel-cohortgate"
