@@ -33,7 +33,9 @@ def venv_tool(name: str) -> str:
     """A console script installed next to the running interpreter by the dev extra."""
     path = Path(sys.executable).parent / name
     if not path.exists():
-        pytest.fail(f"{name} is missing from {path.parent}: it comes with the dev extra (run scripts/bootstrap)")
+        pytest.fail(
+            f"{name} is missing from {path.parent}: it comes with the dev extra (run scripts/bootstrap)"
+        )
     return str(path)
 
 
@@ -66,7 +68,9 @@ def find(docs: list[Manifest], kind: str, name: str | None = None) -> list[Manif
 
 def one(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:
     found = find(docs, kind, name)
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+    assert len(found) == 1, (
+        f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+    )
     return found[0]
 
 

@@ -177,12 +177,18 @@ def test_grafana_provisioning() -> None:
         if "source" in m and m["type"] == "bind"
     }
     assert mounts["/etc/grafana/provisioning"] == (DOCKER / "grafana" / "provisioning").resolve()
-    ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/datasources.yaml").read_text())["datasources"]
+    ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/datasources.yaml").read_text())[
+        "datasources"
+    ]
     by_type = {d["type"]: d for d in ds}
-    assert urlparse(by_type["prometheus"]["url"]).hostname == "prometheus" and by_type["prometheus"]["isDefault"]
+    assert (
+        urlparse(by_type["prometheus"]["url"]).hostname == "prometheus" and by_type["prometheus"]["isDefault"]
+    )
     assert urlparse(by_type["jaeger"]["url"]).hostname == "jaeger"
     assert {d["uid"] for d in ds} == {"prometheus", "jaeger"}
-    providers = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/dashboards.yaml").read_text())["providers"]
+    providers = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/dashboards.yaml").read_text())[
+        "providers"
+    ]
     path = providers[0]["options"]["path"]
     # Grafana reads the folder where compose mounts docker/grafana/dashboards.
     assert mounts[path] == (DOCKER / "grafana" / "dashboards").resolve()
@@ -203,6 +209,8 @@ def test_otel_collector_otlp_in_jaeger_out() -> None:
     services = resolved(None)["services"]
     assert host == "jaeger" and host in services
     assert services["jaeger"]["image"].startswith("jaegertracing/jaeger:")
-    collector_mounts = {m["target"]: Path(m["source"]).resolve() for m in services["otel-collector"]["volumes"]}
+    collector_mounts = {
+        m["target"]: Path(m["source"]).resolve() for m in services["otel-collector"]["volumes"]
+    }
     config_arg = next(a for a in services["otel-collector"]["command"] if a.startswith("--config="))
     assert collector_mounts[config_arg.split("=", 1)[1]] == (DOCKER / "otel-collector.yaml").resolve()

@@ -24,7 +24,9 @@ def test_chart_dashboards_are_identical_to_docker_dashboards() -> None:
         pytest.skip("no dashboard in docker/grafana/dashboards yet")
     assert sorted(dst) == sorted(src), "run scripts/sync-dashboards"
     for name in src:
-        assert dst[name] == src[name], f"helm/cohortgate/dashboards/{name} differs: run scripts/sync-dashboards"
+        assert dst[name] == src[name], (
+            f"helm/cohortgate/dashboards/{name} differs: run scripts/sync-dashboards"
+        )
     proc = subprocess.run([str(SCRIPT), "--check"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

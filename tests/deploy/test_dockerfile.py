@@ -87,7 +87,9 @@ def test_hadolint_is_not_a_no_op(tmp_path: object) -> None:
 
     bad = Path(str(tmp_path)) / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install requests\n")
-    proc = subprocess.run([venv_tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [venv_tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "DL3007" in proc.stdout
 
 
@@ -121,7 +123,9 @@ def test_runs_as_non_root_numeric_user() -> None:
     assert uid.isdigit() and int(uid) != 0, users[-1]
     # USER comes after the last RUN (nothing after it runs as root).
     kinds = [i for i, _ in instructions()]
-    assert max(k for k, i in enumerate(kinds) if i == "RUN") < max(k for k, i in enumerate(kinds) if i == "USER")
+    assert max(k for k, i in enumerate(kinds) if i == "RUN") < max(
+        k for k, i in enumerate(kinds) if i == "USER"
+    )
 
 
 def test_healthcheck_probes_readyz_with_python() -> None:

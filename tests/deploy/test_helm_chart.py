@@ -200,7 +200,9 @@ def _policy_files(docs: list[Manifest], tmp_path: Path) -> tuple[Path, dict[str,
 
 def _gateway(docs: list[Manifest]) -> Manifest:
     return next(
-        d for d in find(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+        d
+        for d in find(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
     )
 
 
@@ -215,7 +217,8 @@ def test_rendered_policy_is_valid_for_the_gateway(
     data = yaml.safe_load(policy.read_text())
     # Upstreams on the chart's model servers point at Services the chart renders.
     services = {
-        f"{s['metadata']['name']}.{NAMESPACE}.svc:{s['spec']['ports'][0]['port']}" for s in find(docs, "Service")
+        f"{s['metadata']['name']}.{NAMESPACE}.svc:{s['spec']['ports'][0]['port']}"
+        for s in find(docs, "Service")
     }
     for up_name, up in data["upstreams"].items():
         host = re.match(r"https?://([^/]+)", up["base_url"]).group(1)  # type: ignore[union-attr]
@@ -278,7 +281,9 @@ def test_upstream_keys_reach_the_gateway_as_the_policy_names_them(
     secret = one(docs, "Secret", secret_name)
     keys = {k: _base64(v) for k, v in secret["data"].items()}
     policy = yaml.safe_load(
-        next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-policy"))["data"]["policy.yaml"]
+        next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-policy"))["data"][
+            "policy.yaml"
+        ]
     )
     for up in policy["upstreams"].values():
         if up.get("api_key_env"):
@@ -336,7 +341,9 @@ def test_hpa_owns_replicas_when_enabled(all_docs: list[Manifest]) -> None:
 # ------------------------------------------------------------------ model servers and network
 def _model_servers(docs: list[Manifest]) -> list[Manifest]:
     return [
-        d for d in find(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "model-server"
+        d
+        for d in find(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "model-server"
     ]
 
 
@@ -350,7 +357,10 @@ def test_model_servers(all_docs: list[Manifest]) -> None:
     assert ctr["base"]["image"].startswith("vllm/vllm-openai:")
     assert "cpu" in ctr["small-cpu"]["image"]
     assert ctr["candidate"]["args"][:3] == ["/models/candidate", "--served-model-name", "candidate"]
-    assert "--tensor-parallel-size" in ctr["candidate"]["args"] and "--enable-prefix-caching" in ctr["base"]["args"]
+    assert (
+        "--tensor-parallel-size" in ctr["candidate"]["args"]
+        and "--enable-prefix-caching" in ctr["base"]["args"]
+    )
     claim = {v["name"]: v for v in servers["candidate"]["spec"]["template"]["spec"]["volumes"]}["models"]
     assert claim["persistentVolumeClaim"] == {"claimName": "cohortgate-models", "readOnly": True}
     small_mount = {m["name"]: m for m in ctr["small-cpu"]["volumeMounts"]}["models"]
@@ -384,7 +394,9 @@ def test_only_the_gateway_reaches_the_model_servers(rendered_set: tuple[str, Any
     first = spec["ingress"][0]["from"]
     assert len(first) == 1 and selects(first[0]["podSelector"]["matchLabels"], gateway_pods)
     # The gateway selector does not also admit model-server pods (they must not call each other).
-    assert not any(selects(first[0]["podSelector"]["matchLabels"], pod_labels(d)) for d in _model_servers(docs))
+    assert not any(
+        selects(first[0]["podSelector"]["matchLabels"], pod_labels(d)) for d in _model_servers(docs)
+    )
     metrics_from = (values or {}).get("networkPolicy", {}).get("metricsFrom", [])
     assert [r["from"] for r in spec["ingress"][1:]] == ([metrics_from] if metrics_from else [])
 
@@ -407,14 +419,18 @@ def test_service_monitors_select_the_services(all_docs: list[Manifest]) -> None:
     for sm in sms:
         assert sm["apiVersion"] == "monitoring.coreos.com/v1"
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        matched = [s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        matched = [
+            s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
         assert matched, sm["metadata"]["name"]
         for ep in sm["spec"]["endpoints"]:
             assert ep["path"] == "/metrics" and ep["interval"] == "30s"
             for s in matched:
                 assert ep["port"] in {p["name"] for p in s["spec"]["ports"]}
     gw_sm = next(s for s in sms if not s["metadata"]["name"].endswith("-model-servers"))
-    matched = [s for s in services if selects(gw_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    matched = [
+        s for s in services if selects(gw_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert [s["metadata"]["name"] for s in matched] == [_gateway(all_docs)["metadata"]["name"]]
 
 
@@ -445,7 +461,9 @@ def test_dashboards_configmap_for_the_grafana_sidecar(tmp_path: Path) -> None:
     (chart / "dashboards" / "overview.json").write_text(json.dumps(board))
     values = all_options_values()
     cm = [
-        d for d in find(manifests(render(values, chart)), "ConfigMap") if d["metadata"]["name"].endswith("-dashboards")
+        d
+        for d in find(manifests(render(values, chart)), "ConfigMap")
+        if d["metadata"]["name"].endswith("-dashboards")
     ]
     assert len(cm) == 1
     meta = cm[0]["metadata"]

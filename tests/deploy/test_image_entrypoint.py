@@ -51,7 +51,9 @@ class _Upstream(BaseHTTPRequestHandler):
         if self.path == "/health":
             self._json(200, {})
         elif self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "test"}]})
+            self._json(
+                200, {"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "test"}]}
+            )
         else:
             self._json(404, {"error": {"message": "not found", "type": "not_found"}})
 
@@ -142,10 +144,13 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _smoke(venv: Path) -> None:
     """The image build runs the same check (docker/Dockerfile): every module the CLI imports at
     start-up must come with the core dependencies."""
-    smoke = subprocess.run([str(venv / "bin" / "cohortgate"), "--help"], capture_output=True, text=True, timeout=60)
+    smoke = subprocess.run(
+        [str(venv / "bin" / "cohortgate"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert smoke.returncode == 0, (
         "`cohortgate --help` fails after a plain `pip install cohortgate` (what the image installs): "
-        "a module it imports is missing from [project].dependencies in pyproject.toml:\n" + smoke.stderr[-2000:]
+        "a module it imports is missing from [project].dependencies in pyproject.toml:\n"
+        + smoke.stderr[-2000:]
     )
 
 
@@ -155,13 +160,16 @@ def test_cli_starts_from_a_plain_install(image_venv: Path) -> None:
 
 def test_wheel_install_has_no_heavy_dependencies(image_venv: Path) -> None:
     code = (
-        "import importlib.util, json, sys; print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m)]))"
+        "import importlib.util, json, sys; "
+        "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m)]))"
     )
     out = _run([str(image_venv / "bin" / "python"), "-c", code, *HEAVY], timeout=60).stdout
     assert json.loads(out) == []
 
 
-def test_dockerfile_cmd_serves_readyz_from_the_installed_wheel(image_venv: Path, upstream: str, tmp_path: Path) -> None:
+def test_dockerfile_cmd_serves_readyz_from_the_installed_wheel(
+    image_venv: Path, upstream: str, tmp_path: Path
+) -> None:
     _smoke(image_venv)
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"""
@@ -183,7 +191,13 @@ routes:
     cmd = dockerfile_cmd()
     # The same command line with the test's policy path, a free port, and loopback only.
     argv = [
-        str(policy) if a == POLICY_PATH else str(port) if a == "8080" else "127.0.0.1" if a == "0.0.0.0" else a
+        str(policy)
+        if a == POLICY_PATH
+        else str(port)
+        if a == "8080"
+        else "127.0.0.1"
+        if a == "0.0.0.0"
+        else a
         for a in cmd
     ]
     assert argv[0] == "cohortgate" and len(argv) == len(cmd)
@@ -226,7 +240,9 @@ routes:
             f"{base}/v1/chat/completions",
             method="POST",
             headers={"content-type": "application/json"},
-            data=json.dumps({"model": "cohortgate", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+            data=json.dumps(
+                {"model": "cohortgate", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode(),
         )
         with urllib.request.urlopen(req, timeout=30) as r:
             reply = json.loads(r.read())
