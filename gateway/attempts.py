@@ -1,10 +1,11 @@
 """Walk a plan's fallback chain: the one place where fallback decisions are made.
 
-`candidates()` orders the chain (healthy targets first, in policy order; targets that are
-ejected or whose cohort circuit is open are skipped while any healthy one remains).
-`run_attempts()` tries them within the route's attempt budget: a fallback-eligible failure
-moves on, a 429 with a short Retry-After is retried on the same target once, a client error
-(upstream 4xx) stops at once. Every attempt is recorded on the RequestRecord.
+Order: the chain's targets in policy order, skipping those ejected by health tracking; an
+upstream whose circuit is open for this cohort is skipped when its turn comes (checked lazily,
+so a half-open circuit's probe slots are only spent on requests that really try it). Within the
+route's attempt budget: a fallback-eligible failure moves on, a 429 with a short Retry-After is
+retried on the same target once, a client error (upstream 4xx) stops at once. Every attempt is
+recorded on the RequestRecord.
 """
 
 from __future__ import annotations
@@ -15,35 +16,26 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway.errors import GatewayError, NoHealthyTarget, UpstreamFailure, UpstreamRateLimited
+from gateway.policy.schema import Route
 from gateway.request import Attempt, RequestRecord
 from gateway.routing import Plan
 from gateway.runtime import Runtime
 from gateway.upstream.base import UpstreamClient
 
 T = TypeVar("T")
-CircuitCheck = Callable[[str, str], bool]  # (cohort, upstream) -> allowed
+CircuitCheck = Callable[[Route, str, str], bool]  # (route, cohort, upstream) -> allowed
 
 
-def candidates(rt: Runtime, plan: Plan, cohort: str, circuit_allows: CircuitCheck | None) -> list[UpstreamClient]:
+def healthy_chain(rt: Runtime, plan: Plan) -> list[UpstreamClient]:
     now = time.monotonic()
-    healthy: list[UpstreamClient] = []
-    for name in plan.chain:
-        client = rt.upstreams[name]
-        if client.health.healthy(now) and (circuit_allows is None or circuit_allows(cohort, name)):
-            healthy.append(client)
-    if not healthy:
-        raise NoHealthyTarget(
-            f"No healthy upstream for route '{plan.route.id}' (tried {', '.join(plan.chain)}); retry later."
-        )
-    return healthy
+    return [c for c in (rt.upstreams[n] for n in plan.chain) if c.health.healthy(now)]
 
 
 async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,
                        attempt: Callable[[UpstreamClient, Attempt], Awaitable[T]],
-                       circuit_allows: CircuitCheck | None = None,
-                       on_failure: Callable[[UpstreamClient, GatewayError], None] | None = None) -> T:
+                       circuit_allows: CircuitCheck | None = None) -> T:
     """Call `attempt(client, record)` along the chain until one returns. Raises the last error."""
-    clients = candidates(rt, plan, rec.cohort, circuit_allows)
+    clients = healthy_chain(rt, plan)
     budget = plan.route.retry.max_attempts
     retry_after_max = plan.route.retry.retry_after_max_s
     last: GatewayError | None = None
@@ -51,6 +43,10 @@ async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,
     retried_same = False
     while i < len(clients) and budget > 0:
         client = clients[i]
+        if not retried_same and circuit_allows is not None and not circuit_allows(plan.route, rec.cohort, client.name):
+            rec.fallback_reason = rec.fallback_reason or "circuit_open"
+            i += 1
+            continue
         budget -= 1
         a = Attempt(client.name, client.spec.model)
         rec.attempts.append(a)
@@ -62,8 +58,6 @@ async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,
             a.outcome = exc.reason
             a.status = exc.status
             last = exc
-            if on_failure is not None:
-                on_failure(client, exc)
             if isinstance(exc, UpstreamRateLimited):
                 ra = exc.retry_after
                 if ra is not None and ra <= retry_after_max and not retried_same and budget > 0:
@@ -90,5 +84,8 @@ async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,
         rec.served_by = client.name
         rec.served_model = client.spec.model
         return result
-    assert last is not None
-    raise last
+    if last is not None:
+        raise last
+    raise NoHealthyTarget(
+        f"No healthy upstream for route '{plan.route.id}' (chain {', '.join(plan.chain)}): every target is down "
+        "or its circuit for this cohort is open; retry later.")

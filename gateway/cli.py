@@ -46,10 +46,10 @@ def serve(
     if workers < 1:
         _fail("--workers must be at least 1")
     typer.echo(f"cohortgate: policy {policy}")
-    typer.echo(f"  upstreams: " + ", ".join(f"{n} -> {u.base_url} ({u.model})" for n, u in pol.upstreams.items()))
-    typer.echo(f"  models:    " + ", ".join(m.name for m in pol.models))
+    typer.echo("  upstreams: " + ", ".join(f"{n} -> {u.base_url} ({u.model})" for n, u in pol.upstreams.items()))
+    typer.echo("  models:    " + ", ".join(m.name for m in pol.models))
     typer.echo("  cohorts:   " + ", ".join(c.name for c in pol.cohorts) + f" (default: {pol.default_cohort})")
-    typer.echo(f"  routes:    " + ", ".join(r.id for r in pol.routes))
+    typer.echo("  routes:    " + ", ".join(r.id for r in pol.routes))
     typer.echo(f"  auth:      {'open (no caller keys)' if not pol.auth.keys and not pol.auth.keys_file_env else 'api keys'}")
     typer.echo(f"listening on http://{host}:{port}/v1  ({workers} worker{'s' if workers > 1 else ''}); "
                "reloads the policy on change or SIGHUP")

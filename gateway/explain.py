@@ -35,7 +35,7 @@ class Explanation:
             f"cohort:    {self.cohort}",
             f"  why:     {self.reason}" + (f" (confidence {self.confidence:.3f})" if self.confidence is not None else ""),
             f"route:     {self.route}",
-            f"targets:   " + ", ".join(f"{k} (weight {v:g})" for k, v in self.weights.items()),
+            "targets:   " + ", ".join(f"{k} (weight {v:g})" for k, v in self.weights.items()),
             f"chosen:    {self.chosen}" + (f" [arm {self.arm}]" if self.arm else "")
             + (f" (sticky key {self.sticky_key!r})" if self.sticky_key is not None else " (weighted random)"),
             f"fallback:  {' -> '.join(self.fallback) if self.fallback else '(none)'}",

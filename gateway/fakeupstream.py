@@ -51,11 +51,18 @@ class FakeState:
         self.seen: deque[dict[str, Any]] = deque(maxlen=200)
         self.count = 0
         self.echo_auth = False  # a misbehaving upstream that quotes the key it got in its errors
+        self.fault_budget = -1  # when >= 0: how many more requests get the fault, then it clears
 
     def active_fault(self) -> str:
         if self.fault == "none":
             return "none"
-        return self.fault if self.rng.random() < self.rate else "none"
+        if self.fault_budget == 0:
+            self.fault = "none"
+            return "none"
+        fault = self.fault if self.rng.random() < self.rate else "none"
+        if fault != "none" and self.fault_budget > 0:
+            self.fault_budget -= 1
+        return fault
 
 
 def _dummy(schema: Any, depth: int = 0) -> Any:
@@ -224,6 +231,7 @@ def make_app(st: FakeState) -> web.Application:
         st.delay = float(cfg.get("delay", st.delay))
         st.retry_after = float(cfg.get("retry_after", st.retry_after))
         st.chunk_delay = float(cfg.get("chunk_delay", st.chunk_delay))
+        st.fault_budget = int(cfg.get("budget", -1))
         if cfg.get("clear"):
             st.seen.clear()
             st.count = 0

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.attempts import run_attempts
 from gateway.errors import GatewayError, InternalError
+from gateway.gates import gates_for
 from gateway.intake import build_request, parse_body, read_body
 from gateway.request import Attempt, ClientRequest, RequestRecord
 from gateway.routing import Plan
@@ -136,9 +137,12 @@ async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientReques
             state.check_gates(rt, plan, creq, rec, client, resp)
         return resp
 
-    resp: UpstreamResponse = await run_attempts(rt, plan, rec, attempt, state.circuit_allows,
-                                                state.on_attempt_failure)
+    resp: UpstreamResponse = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)
+    if rec.mirrored:
+        choices = resp.data.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        rec.output = first.get("message") or {"role": "assistant", "content": first.get("text")}
     return resp
 
 
@@ -169,13 +173,21 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
         with state.attempt_span(rec, client, a):
             return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers, a)
 
-    stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows, state.on_attempt_failure)
+    stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)
     rec.status = 200
     response = web.StreamResponse(status=200, headers=stream_headers(response_headers(rec)))
     await response.prepare(request)
     client = rt.upstreams[rec.served_by]
+    gated = state.gates is not None and bool(gates_for(plan.route, creq))
+    relay_state = Relay(rec, injected, collect=gated or rec.mirrored)
     t0 = time.perf_counter()
-    await relay(request, response, stream, it, first, Relay(rec, injected), rec, client)
+    await relay(request, response, stream, it, first, relay_state, rec, client)
     rec.attempts[-1].seconds += time.perf_counter() - t0
+    if relay_state.collect and rec.outcome == "ok":
+        message = relay_state.message()
+        if gated:
+            state.gates.after_stream(plan.route, creq, rec, message)  # recorded only: no retroactive fallback
+        if rec.mirrored:
+            rec.output = message
     return response

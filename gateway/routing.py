@@ -66,6 +66,7 @@ class RouteTable:
         cohorts = [c.name for c in policy.cohorts] + [policy.default_cohort]
         aliases = [m.name for m in policy.models]
         compiled = {r.id: CompiledRoute(r) for r in policy.routes}
+        self.by_id = {r.id: r for r in policy.routes}
         self._table: dict[tuple[str, str], CompiledRoute] = {}
         # Specific routes win over catch-alls; among equals, policy order wins.
         def specificity(r: Route) -> int:

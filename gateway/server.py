@@ -39,8 +39,8 @@ def run_worker(policy_path: str, host: str, port: int, reuse_port: bool, log_lev
     _use_uvloop()
     from aiohttp import web
 
-    from gateway.bootstrap import create_state
     from gateway.app import make_app
+    from gateway.bootstrap import create_state
 
     state = create_state(policy_path)
     app = make_app(state)

@@ -12,7 +12,6 @@ import logging
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.request import Attempt, ClientRequest, RequestRecord
 from gateway.routing import Plan
@@ -43,7 +42,10 @@ class AppState:
     def begin(self, rec: RequestRecord, headers: Any) -> None:
         """Start of a client request (before auth): tracing opens the root span here."""
         if self.tracing is not None:
-            self.tracing.begin(rec, headers)
+            try:
+                self.tracing.begin(rec, headers)
+            except Exception:  # telemetry must never break serving
+                log.exception("tracing begin failed for %s", rec.request_id)
 
     def before_attempts(self, rt: Runtime, plan: Plan, creq: ClientRequest, rec: RequestRecord) -> None:
         if self.mirror is not None and plan.route.mirror is not None:
@@ -67,15 +69,12 @@ class AppState:
     def circuit_allows(self) -> Any:
         return self.circuits.allows if self.circuits is not None else None
 
-    def on_attempt_failure(self, client: UpstreamClient, err: GatewayError) -> None:
-        return None
-
     def observe(self, rt: Runtime, rec: RequestRecord) -> None:
         """Called once per request after its response is complete."""
         try:
             self.metrics.record(rec)
-            if self.circuits is not None:
-                self.circuits.record(rec)
+            if self.circuits is not None and rec.route_id:
+                self.circuits.record(rt.routes.by_id.get(rec.route_id), rec)
             if self.feedback is not None:
                 self.feedback.remember(rec)
             if self.tracing is not None:

@@ -39,15 +39,19 @@ def error_event(err: GatewayError) -> bytes:
 
 
 class Relay:
-    """Per-stream state: held partial event, usage seen, [DONE] seen."""
+    """Per-stream state: held partial event, usage seen, [DONE] seen, and (when `collect`) the
+    assistant message assembled from the deltas, for after-stream gates and shadow pairs."""
 
-    __slots__ = ("rec", "strip_usage", "buf", "done")
+    __slots__ = ("rec", "strip_usage", "buf", "done", "collect", "content", "tools")
 
-    def __init__(self, rec: RequestRecord, strip_usage: bool) -> None:
+    def __init__(self, rec: RequestRecord, strip_usage: bool, collect: bool = False) -> None:
         self.rec = rec
         self.strip_usage = strip_usage
         self.buf = b""
         self.done = False
+        self.collect = collect
+        self.content: list[str] = []
+        self.tools: dict[int, dict[str, Any]] = {}
 
     def feed(self, chunk: bytes) -> bytes:
         if b"\r" in chunk:
@@ -59,7 +63,7 @@ class Relay:
             self.buf = chunk
             return b""
         out, self.buf = chunk[: cut + 2], chunk[cut + 2 :]
-        if b'"usage"' in out or b'"finish_reason":"' in out or DONE in out:
+        if self.collect or b'"usage"' in out or b'"finish_reason":"' in out or DONE in out:
             out = self._inspect(out)
         return out
 
@@ -73,21 +77,28 @@ class Relay:
                 self.done = True
                 kept.append(event)
                 continue
-            if event.startswith(b"data: ") and (b'"usage"' in event or b'"finish_reason":"' in event):
+            if event.startswith(b"data: ") and (self.collect or b'"usage"' in event or b'"finish_reason":"' in event):
                 try:
                     obj = orjson.loads(event[6:])
                 except orjson.JSONDecodeError:
                     kept.append(event)
                     continue
-                usage = obj.get("usage") if isinstance(obj, dict) else None
+                if not isinstance(obj, dict):
+                    kept.append(event)
+                    continue
+                usage = obj.get("usage")
                 if isinstance(usage, dict):
                     self.rec.input_tokens = usage.get("prompt_tokens", self.rec.input_tokens)
                     self.rec.output_tokens = usage.get("completion_tokens", self.rec.output_tokens)
-                for ch in obj.get("choices") or () if isinstance(obj, dict) else ():
-                    fr = ch.get("finish_reason") if isinstance(ch, dict) else None
+                for ch in obj.get("choices") or ():
+                    if not isinstance(ch, dict):
+                        continue
+                    fr = ch.get("finish_reason")
                     if fr:
                         self.rec.finish_reasons.append(fr)
-                if isinstance(obj, dict) and not self.rec.response_model:
+                    if self.collect and ch.get("index", 0) == 0:
+                        self._collect(ch.get("delta") or ch)
+                if not self.rec.response_model:
                     self.rec.response_model = str(obj.get("model") or "")
                 if self.strip_usage and usage and not obj.get("choices"):
                     dropped = True
@@ -96,6 +107,27 @@ class Relay:
         if not dropped:
             return block
         return b"".join(e + b"\n\n" for e in kept)
+
+    def _collect(self, delta: dict[str, Any]) -> None:
+        piece = delta.get("content") if "content" in delta else delta.get("text")
+        if isinstance(piece, str):
+            self.content.append(piece)
+        for tc in delta.get("tool_calls") or ():
+            if not isinstance(tc, dict):
+                continue
+            slot = self.tools.setdefault(int(tc.get("index", 0)), {"id": None, "name": "", "arguments": ""})
+            slot["id"] = tc.get("id") or slot["id"]
+            fn = tc.get("function") or {}
+            slot["name"] += fn.get("name") or ""
+            slot["arguments"] += fn.get("arguments") or ""
+
+    def message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None}
+        if self.tools:
+            msg["tool_calls"] = [{"id": t["id"] or f"call_{i}", "type": "function",
+                                  "function": {"name": t["name"], "arguments": t["arguments"]}}
+                                 for i, t in sorted(self.tools.items())]
+        return msg
 
 
 async def open_first(client: UpstreamClient, path: str, body: dict[str, Any], headers: dict[str, str],
@@ -127,8 +159,10 @@ async def relay(request: web.Request, response: web.StreamResponse, stream: Upst
                 out = relay_state.feed(chunk)
                 if out:
                     await response.write(out)
-            if relay_state.buf:
-                await response.write(relay_state.buf + b"\n\n")
+            if relay_state.buf:  # a last event without its blank line
+                tail = relay_state.feed(b"\n\n")
+                if tail:
+                    await response.write(tail)
             if not relay_state.done:
                 raise UpstreamBadResponse(f"upstream {client.name} ended the stream without [DONE]")
         except GatewayError as err:

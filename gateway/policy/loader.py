@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from gateway.policy.schema import CallerKey, Policy
 
-
 _ITEM_RE = re.compile(r"\b(routes|cohorts|models|upstreams)\[(\d+)\]")
 
 

@@ -199,7 +199,8 @@ class Mirror(_Model):
 class EvalGate(_Model):
     """An inline evaluator on non-streamed primary answers; a failing score falls back."""
 
-    evaluator: str = Field(..., description="JSONValidation | ToolSelectionAccuracy | a registered name")
+    evaluator: Literal["JSONValidation", "ToolSelectionAccuracy"] = Field(
+        ..., description="an inline evaluator from evals.inline (cheap, deterministic)")
     threshold: float = Field(1.0, ge=0, le=1)
     when: Literal["always", "json_requested", "tools_offered"] = "always"
 
