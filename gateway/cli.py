@@ -50,7 +50,8 @@ def serve(
     typer.echo("  models:    " + ", ".join(m.name for m in pol.models))
     typer.echo("  cohorts:   " + ", ".join(c.name for c in pol.cohorts) + f" (default: {pol.default_cohort})")
     typer.echo("  routes:    " + ", ".join(r.id for r in pol.routes))
-    typer.echo(f"  auth:      {'open (no caller keys)' if not pol.auth.keys and not pol.auth.keys_file_env else 'api keys'}")
+    open_auth = not pol.auth.keys and not pol.auth.keys_file_env
+    typer.echo(f"  auth:      {'open (no caller keys)' if open_auth else 'api keys'}")
     typer.echo(f"listening on http://{host}:{port}/v1  ({workers} worker{'s' if workers > 1 else ''}); "
                "reloads the policy on change or SIGHUP")
     sys.stdout.flush()

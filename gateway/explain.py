@@ -33,7 +33,8 @@ class Explanation:
         out = [
             f"caller:    {self.caller}",
             f"cohort:    {self.cohort}",
-            f"  why:     {self.reason}" + (f" (confidence {self.confidence:.3f})" if self.confidence is not None else ""),
+            f"  why:     {self.reason}"
+            + (f" (confidence {self.confidence:.3f})" if self.confidence is not None else ""),
             f"route:     {self.route}",
             "targets:   " + ", ".join(f"{k} (weight {v:g})" for k, v in self.weights.items()),
             f"chosen:    {self.chosen}" + (f" [arm {self.arm}]" if self.arm else "")

@@ -48,7 +48,7 @@ def test_500_concurrent_with_faults(fake, gateway):
     bad = [(s, b[:200]) for s, b in results if s != 200]
     # with a 3-deep chain ending at a healthy upstream, every request succeeds
     assert not bad, bad[:5]
-    for status, body in results:
+    for _status, body in results:
         if body.startswith(b"data:"):
             assert body.rstrip().endswith(b"data: [DONE]")
         else:
