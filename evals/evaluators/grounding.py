@@ -1,7 +1,8 @@
 """Groundedness and HallucinationScore: are the answer's claims supported by the row's evidence
 (its `context` plus what the user wrote)?
 
-Claims: evals.text.split_claims (sentences and bullets, minus greetings, offers, questions).
+Claims: evals.text.claims_of (sentences and bullets, minus greetings, offers, questions; the
+leaf values of a JSON answer).
 Support of a claim, per mode:
   lexical    share of the claim's content words found in the evidence
   embedding  0.5 x lexical + 0.5 x best cosine similarity of the claim to an evidence sentence,
@@ -28,7 +29,7 @@ from typing import Literal
 from evals.dataset import Row
 from evals.evaluators.base import Evaluator, Output
 from evals.judge import JudgeClient
-from evals.text import content_tokens, has_specifics, numbers, split_claims, token_recall
+from evals.text import claims_of, content_tokens, has_specifics, numbers, token_recall
 
 Mode = Literal["lexical", "embedding", "judge"]
 
@@ -52,7 +53,7 @@ def _sentences(passages: list[str]) -> list[str]:
 def check_claims(row: Row, text: str, mode: Mode, judge: JudgeClient | None,
                  claim_threshold: float) -> list[ClaimCheck]:
     evidence = row.evidence()
-    claims = split_claims(text)
+    claims = claims_of(text)
     if not claims:
         return []
     ev_text = "\n".join(evidence)

@@ -202,3 +202,16 @@ def test_build_registry():
     assert [e.name for e in evs] == ["TaskCompletion", "JSONValidation"] and evs[0].threshold == 0.9
     with pytest.raises(ValueError, match="unknown evaluator"):
         build(["Vibes"])
+
+
+def test_json_answer_claims_are_its_leaf_values():
+    from evals.datasets.quillstack import POLICIES
+
+    r = row(context=["Invoice INV-20333 ($490.00) is an annual plan bought 12 days ago.", POLICIES["refund"]],
+            expected={"criteria": ["INV-20333"]})
+    g, h = Groundedness(0.8, mode="lexical"), HallucinationScore(0.9, mode="lexical")
+    good = Output('{"invoice_id": "INV-20333", "amount": 490, "refund_eligible": true, "reason": "annual_within_30_days"}')
+    assert g.evaluate(r, good).score == 1.0
+    wrong = Output('{"invoice_id": "INV-20333", "amount": 49, "refund_eligible": true, "reason": "annual_within_30_days"}')
+    assert g.evaluate(r, wrong).score == pytest.approx(2 / 3)
+    assert h.evaluate(r, wrong).score == pytest.approx(2 / 3)  # an invented amount is a hallucination
