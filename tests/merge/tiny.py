@@ -23,9 +23,11 @@ def make_llama(d: Path, seed: int, base_of: Path | None = None, scale: float = 0
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=128,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, **overrides)
+    kw: dict[str, object] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=128,
+                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    kw.update(overrides)
+    cfg = LlamaConfig(**kw)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     if base_of is not None:
@@ -38,7 +40,8 @@ def make_llama(d: Path, seed: int, base_of: Path | None = None, scale: float = 0
         with torch.no_grad():
             for name, p in model.state_dict().items():
                 b = base_sd[name].float()
-                p.copy_(b + torch.randn(b.shape, generator=g) * scale * max(float(b.std()), 1e-3))
+                floor = 0.1 if b.dim() == 1 else 1e-3  # norm weights (all 1.0) get distinct deltas
+                p.copy_(b + torch.randn(b.shape, generator=g) * scale * max(float(b.std()), floor))
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(str(d), max_shard_size=shard)
     make_tokenizer(d, words or WORDS[:vocab])
