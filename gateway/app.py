@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.intake import read_body
 from gateway.proxy import handle
 from gateway.state import AppState
 
@@ -77,6 +78,16 @@ def make_app(state: AppState, *, watch_policy: bool = True, extra_setup: Any = N
                                  param="model", code="model_not_found"))
         return _json({"id": name, "object": "model", "created": int(state_started), "owned_by": "cohortgate"})
 
+    async def feedback(request: web.Request) -> web.Response:
+        try:
+            caller = state.runtime.auth.authenticate(request.headers)
+            raw = await read_body(request, 64 * 1024)
+            if state.feedback is None:
+                raise NotFound("Feedback is not enabled on this gateway.")
+            return _json(state.feedback.submit(raw, caller.name))
+        except GatewayError as err:
+            return _err(err)
+
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
@@ -94,13 +105,14 @@ def make_app(state: AppState, *, watch_policy: bool = True, extra_setup: Any = N
         return web.Response(body=body, headers={"content-type": ctype})
 
     async def not_found(request: web.Request) -> web.Response:
-        if request.path in PROXIED or request.path in ("/v1/models", "/healthz", "/readyz", "/metrics"):
+        if request.path in PROXIED or request.path in ("/v1/models", "/v1/feedback", "/healthz", "/readyz", "/metrics"):
             return _err(MethodNotAllowed(f"{request.method} is not allowed on {request.path}."))
         return _err(NotFound(f"Unknown path {request.path}. The gateway serves /v1/chat/completions, "
                              "/v1/completions, /v1/embeddings, /v1/models.", code="unknown_url"))
 
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name}", model_one)
+    app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -77,6 +77,8 @@ class AppState:
                 self.circuits.record(rt.routes.by_id.get(rec.route_id), rec)
             if self.feedback is not None:
                 self.feedback.remember(rec)
+            if rec.mirrored and self.mirror is not None:
+                self.mirror.primary_done(rec)
             if self.tracing is not None:
                 self.tracing.finish(rec)
         except Exception:  # telemetry must never break serving
