@@ -38,7 +38,7 @@ _DECLINE = re.compile(
 )
 _POLITE = re.compile(r"\b(?:sorry|apolog|unfortunately|happy to help|glad to help|thank|please|appreciate)", re.I)
 _NONFACTUAL = re.compile(
-    r"^(?:hi|hello|hey|dear|thanks|thank you|sure|of course|certainly|absolutely|great question|"
+    r"^(?:hi|hello|hey|dear|thanks|thank you|sure|of course|certainly|absolutely|great question|great news|good news|"
     r"i(?:'d| would) be (?:happy|glad)|happy to help|glad to help|let me know|feel free|please let|"
     r"is there anything|i hope|hope this|best regards|kind regards|regards|cheers)\b",
     re.I,
@@ -123,7 +123,9 @@ def split_claims(text: str) -> list[str]:
         parts.extend(s.strip() for s in re.split(r"(?<=[.!?;])\s+(?=[A-Z0-9\"'(])", line) if s.strip())
     claims = []
     for s in parts:
-        if s.endswith("?") or _NONFACTUAL.match(s) or len(content_tokens(s)) < 2:
+        n = len(content_tokens(s))
+        # questions, pleasantries and short exclamations ("Great news!") assert nothing checkable
+        if s.endswith("?") or _NONFACTUAL.match(s) or n < 2 or (s.endswith("!") and n < 4):
             continue
         claims.append(s)
     return claims

@@ -17,10 +17,10 @@ COHORTGATE = str(ROOT / ".venv" / "bin" / "cohortgate")
 
 
 @contextmanager
-def fake_server(tmp: Path, delay_ms: float = 0, fail_every: int = 0) -> Iterator[str]:
+def fake_server(tmp: Path, delay_ms: float = 0, fail_every: int = 0, require_key: str = "") -> Iterator[str]:
     port = free_port()
     cmd = [PYTHON, "-m", "tests.evals.fake_openai", "--port", str(port), "--delay-ms", str(delay_ms),
-           "--fail-every", str(fail_every)]
+           "--fail-every", str(fail_every), "--require-key", require_key]
     with running(cmd, ready_url=f"http://127.0.0.1:{port}/health", log=tmp / f"fake-{port}.log", cwd=ROOT):
         yield f"http://127.0.0.1:{port}"
 

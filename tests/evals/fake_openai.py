@@ -6,7 +6,8 @@ Behaviour is deterministic and keyed by the served model name:
   bad-*   answers badly: invents numbers, never calls tools, emits broken JSON;
   anything else behaves like good-*.
 Options: --delay-ms (per request), --fail-every N (503 on every Nth request, to exercise
-retries). GET /health; GET /stats -> {"requests": n, "by_key": {"model|row-hash": count}}.
+retries), --require-key K (401 unless `Authorization: Bearer K`). Answers evals.judge prompts
+too (a claim is supported when its numbers appear in the evidence). GET /health; GET /stats -> {"requests": n, "by_key": {"model|row-hash": count}}.
 Run: python -m tests.evals.fake_openai --port PORT
 """
 
@@ -51,8 +52,22 @@ def _tool_call(user: str) -> tuple[str, dict[str, Any]]:
     return "escalate_to_human", {"team": team, "priority": "high", "summary": user[:200]}
 
 
+def _judge(prompt: str) -> str:
+    """Verdicts for evals.judge prompts: a claim is supported when its numbers appear in the evidence."""
+    evidence = prompt.split("EVIDENCE:\n", 1)[1].split("\n\nCLAIMS:\n", 1)[0]
+    claims = prompt.split("\n\nCLAIMS:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    nums = set(re.findall(r"\d+", evidence))
+    return json.dumps({"verdicts": [{"claim": i, "supported": set(re.findall(r"\d+", c.split(". ", 1)[1])) <= nums}
+                                    for i, c in enumerate(claims, 1)]})
+
+
 def answer(body: dict[str, Any]) -> dict[str, Any]:
     model = str(body.get("model", ""))
+    first = str(((body.get("messages") or [{}])[0]).get("content") or "")
+    if first.startswith("You check whether claims"):
+        return {"id": "judge", "object": "chat.completion", "model": model, "usage": {},
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": _judge(first)}}]}
     bad = model.startswith("bad")
     msgs = body.get("messages") or []
     user = _last_user(msgs)
@@ -88,10 +103,12 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
                       "total_tokens": 0}}
 
 
-def make_app(delay_ms: float = 0.0, fail_every: int = 0) -> web.Application:
+def make_app(delay_ms: float = 0.0, fail_every: int = 0, require_key: str = "") -> web.Application:
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
         STATS["requests"] += 1
+        if require_key and request.headers.get("authorization") != f"Bearer {require_key}":
+            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
         key = f"{body.get('model')}|{hashlib.sha1(_last_user(body.get('messages') or []).encode()).hexdigest()[:12]}"
         STATS["by_key"][key] = STATS["by_key"].get(key, 0) + 1
         if fail_every and STATS["requests"] % fail_every == 0:
@@ -118,8 +135,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--fail-every", type=int, default=0)
+    ap.add_argument("--require-key", default="")
     a = ap.parse_args()
-    web.run_app(make_app(a.delay_ms, a.fail_every), host="127.0.0.1", port=a.port, print=None, access_log=None)
+    web.run_app(make_app(a.delay_ms, a.fail_every, a.require_key), host="127.0.0.1", port=a.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

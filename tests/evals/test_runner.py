@@ -158,3 +158,42 @@ def test_shadow_sink_import(tmp_path):
     sink.write_text(json.dumps({"row_id": "x"}) + "\n")
     r = cg("eval", "run", "--shadow", str(sink), "--out", str(out))
     assert r.returncode == 2 and f"{sink}:1: missing" in r.stderr
+
+
+def test_api_key_env_and_4xx_not_retried(tmp_path, small_dataset):
+    ds = small_dataset(1)
+    with fake_server(tmp_path, require_key="s3cret") as base:
+        env = {**os.environ, "EVAL_KEY": "s3cret"}
+        args = [COHORTGATE, "eval", "run", "--dataset", str(ds), "--model", f"m={base}/v1:good", "--support",
+                "lexical", "--no-progress"]
+        ok = subprocess.run([*args, "--out", str(tmp_path / "a"), "--api-key-env", "EVAL_KEY"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert ok.returncode == 0, ok.stderr
+        n0 = stats(base)["requests"]
+        bad = subprocess.run([*args, "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert bad.returncode == 1
+        assert stats(base)["requests"] - n0 == 4  # a 401 is not retried
+        missing = subprocess.run([*args, "--out", str(tmp_path / "c"), "--api-key-env", "NOPE_UNSET"],
+                                 capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert missing.returncode == 2 and "NOPE_UNSET" in missing.stderr
+    rows = list(read_rows(tmp_path / "b" / "results.jsonl"))
+    assert all(x["error"]["type"] == "http_401" and x["attempts"] == 1 for x in rows)
+
+
+def test_judge_and_embedding_support_modes(tmp_path, small_dataset):
+    ds = small_dataset(1)
+    with fake_server(tmp_path) as base:
+        judge = cg("eval", "run", "--dataset", str(ds), "--model", f"m={base}/v1:bad", "--out", str(tmp_path / "j"),
+                   "--support", "judge", "--judge", f"{base}/v1:judge", "--no-progress")
+        assert judge.returncode == 0, judge.stderr
+        emb = cg("eval", "run", "--dataset", str(ds), "--model", f"m={base}/v1:bad", "--out", str(tmp_path / "e"),
+                 "--no-progress", timeout=300)
+        assert emb.returncode == 0, emb.stderr
+    for d in ("j", "e"):
+        rows = {x["cohort"]: x for x in read_rows(tmp_path / d / "results.jsonl")}
+        # the bad model invents "$999 within 30 days": unsupported by the policy context in every mode
+        assert rows["policy_exception"]["scores"]["Groundedness"]["score"] == 0.0
+        assert rows["policy_exception"]["scores"]["HallucinationScore"]["score"] == 0.0
+    assert json.loads((tmp_path / "e" / "run.json").read_text())["support"] == "embedding"
+    assert cg("eval", "run", "--dataset", str(ds), "--model", "m=http://127.0.0.1:9/v1", "--out", str(tmp_path / "x"),
+              "--support", "judge").returncode == 2
