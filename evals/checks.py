@@ -103,7 +103,7 @@ def tools_index(tools: Any) -> dict[str, dict[str, Any]]:
     for i, t in enumerate(tools):
         fn = t.get("function") if isinstance(t, dict) else None
         name = fn.get("name") if isinstance(fn, dict) else None
-        if not isinstance(name, str) or not name:
+        if not isinstance(fn, dict) or not isinstance(name, str) or not name:
             raise EvalInputError(f"tools[{i}] has no function.name")
         params = fn.get("parameters") or {"type": "object"}
         if not isinstance(params, dict):
@@ -153,8 +153,9 @@ def parse_arguments(raw: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def score_tool_call(name: str, raw_args: Any, index: dict[str, dict[str, Any]],
-                    forced: str | None = None) -> tuple[float, str, dict[str, Any] | None]:
+def score_tool_call(
+    name: str, raw_args: Any, index: dict[str, dict[str, Any]], forced: str | None = None
+) -> tuple[float, str, dict[str, Any] | None]:
     """Score one call against the offered tools. Returns (score, reason, parsed arguments)."""
     if name not in index:
         return 0.0, f"called {name!r}, which was not offered", None

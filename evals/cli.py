@@ -12,8 +12,9 @@ from typing import Annotated, NoReturn
 
 import typer
 
-eval_command = typer.Typer(name="eval", help="Run per-cohort evaluations and write reports.", no_args_is_help=True,
-                           add_completion=False)
+eval_command = typer.Typer(
+    name="eval", help="Run per-cohort evaluations and write reports.", no_args_is_help=True, add_completion=False
+)
 
 
 @eval_command.callback()
@@ -42,9 +43,13 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="run directory (created; resumed when it exists)")],
     dataset: Annotated[Path | None, typer.Option("--dataset", help="cohort dataset JSONL")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="NAME=BASE_URL[:served_name], repeatable")] = None,
-    shadow: Annotated[Path | None, typer.Option("--shadow", help="import a gateway shadow sink JSONL as the run")] = None,
+    shadow: Annotated[
+        Path | None, typer.Option("--shadow", help="import a gateway shadow sink JSONL as the run")
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 8,
-    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="env var with the endpoints' API key")] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option("--api-key-env", help="env var with the endpoints' API key")
+    ] = None,
     evaluator: Annotated[list[str] | None, typer.Option("--evaluator", help="evaluator names (default: all)")] = None,
     threshold: Annotated[list[str] | None, typer.Option("--threshold", help="NAME=VALUE pass threshold")] = None,
     support: Annotated[str, typer.Option(help="claim support: embedding | lexical | judge")] = "embedding",
@@ -85,17 +90,30 @@ def run_cmd(
             jc = JudgeClient(m.group(1), m.group(2), api_key_env)
         elif support == "judge":
             _fail("--support judge needs --judge BASE_URL:MODEL")
-        cfg = RunConfig(dataset=dataset, models=[ModelSpec.parse(s) for s in model], out=out,
-                        concurrency=concurrency, api_key_env=api_key_env, evaluators=evaluator or None,
-                        thresholds=_thresholds(threshold or []), support=support, judge=jc,  # type: ignore[arg-type]
-                        max_retries=retries, timeout_s=timeout, max_tokens=max_tokens, progress=progress)
+        cfg = RunConfig(
+            dataset=dataset,
+            models=[ModelSpec.parse(s) for s in model],
+            out=out,
+            concurrency=concurrency,
+            api_key_env=api_key_env,
+            evaluators=evaluator or None,
+            thresholds=_thresholds(threshold or []),
+            support=support,  # type: ignore[arg-type]  # checked against the three modes above
+            judge=jc,
+            max_retries=retries,
+            timeout_s=timeout,
+            max_tokens=max_tokens,
+            progress=progress,
+        )
         s = run(cfg)
     except (DatasetError, RunError, ValueError) as exc:
         _fail(str(exc))
     except (JudgeError, EmbeddingUnavailable) as exc:
         _fail(f"{exc} (the rows scored so far are kept; rerun the same command to resume)", 1)
-    typer.echo(f"{s.done} scored ({s.errors} failed after retries), {s.skipped} already in {out}; "
-               f"{s.elapsed_s:.1f}s, {s.rows_per_s:.1f} rows/s")
+    typer.echo(
+        f"{s.done} scored ({s.errors} failed after retries), {s.skipped} already in {out}; "
+        f"{s.elapsed_s:.1f}s, {s.rows_per_s:.1f} rows/s"
+    )
     if s.errors:
         raise typer.Exit(1)
 
@@ -105,7 +123,9 @@ def report_cmd(
     run: Annotated[Path, typer.Argument(help="run directory (or a run-row JSONL such as a shadow sink)")],
     out: Annotated[Path | None, typer.Option(help="where report.json/report.html go (default: RUN_DIR)")] = None,
     candidate: Annotated[str | None, typer.Option(help="model whose retention to compute")] = None,
-    sources: Annotated[str | None, typer.Option(help="comma-separated source models (default: all but candidate/base)")] = None,
+    sources: Annotated[
+        str | None, typer.Option(help="comma-separated source models (default: all but candidate/base)")
+    ] = None,
     base: Annotated[str | None, typer.Option(help="base model (excluded from default sources)")] = None,
     quiet: Annotated[bool, typer.Option(help="write files without printing the tables")] = False,
 ) -> None:
@@ -124,8 +144,9 @@ def report_cmd(
     typer.echo(f"wrote {jp} and {hp}")
 
 
-promote_command = typer.Typer(name="promote", add_completion=False,
-                              help="Write a routing policy promoting a candidate per cohort.")
+promote_command = typer.Typer(
+    name="promote", add_completion=False, help="Write a routing policy promoting a candidate per cohort."
+)
 
 
 @promote_command.command()
@@ -136,13 +157,21 @@ def promote_cmd(
     out: Annotated[Path, typer.Option("--out", help="where the new policy YAML goes")],
     provenance: Annotated[Path | None, typer.Option(help="CANDIDATE_DIR/provenance.json (required)")] = None,
     base: Annotated[str | None, typer.Option(help="run model name of the base (default: from provenance)")] = None,
-    sources: Annotated[str | None, typer.Option(help="comma-separated run names of the sources (default: provenance)")] = None,
+    sources: Annotated[
+        str | None, typer.Option(help="comma-separated run names of the sources (default: provenance)")
+    ] = None,
     floor: Annotated[list[str] | None, typer.Option(help="NAME=MIN absolute floor on the mean, repeatable")] = None,
-    gate: Annotated[str | None, typer.Option(help="comma-separated gating evaluators (default: all in the run)")] = None,
-    margin: Annotated[float, typer.Option(help="non-inferiority margin on the paired-difference CI lower bound")] = 0.05,
+    gate: Annotated[
+        str | None, typer.Option(help="comma-separated gating evaluators (default: all in the run)")
+    ] = None,
+    margin: Annotated[
+        float, typer.Option(help="non-inferiority margin on the paired-difference CI lower bound")
+    ] = 0.05,
     max_latency_ratio: Annotated[float, typer.Option(help="candidate p99 <= ratio x the serving model's")] = 1.5,
     max_p99_ms: Annotated[float | None, typer.Option(help="absolute p99 latency limit")] = None,
-    max_token_ratio: Annotated[float, typer.Option(help="candidate output tokens/request <= ratio x serving model's")] = 1.5,
+    max_token_ratio: Annotated[
+        float, typer.Option(help="candidate output tokens/request <= ratio x serving model's")
+    ] = 1.5,
     min_rows: Annotated[int, typer.Option(help="minimum candidate rows per cohort")] = 10,
     canary_weight: Annotated[float, typer.Option(min=0.1, max=100.0, help="starting candidate weight (of 100)")] = 10.0,
     mirror_percent: Annotated[float, typer.Option(min=0.0, max=100.0)] = 10.0,
@@ -154,21 +183,39 @@ def promote_cmd(
 
     from evals.promote import Gates, PromotionRefused, promote, write_outputs
 
-    gates = Gates(margin=margin, gate=[g.strip() for g in gate.split(",")] if gate else None,
-                  max_latency_ratio=max_latency_ratio, max_p99_ms=max_p99_ms, max_token_ratio=max_token_ratio,
-                  min_rows=min_rows, canary_weight=canary_weight, mirror_percent=mirror_percent)
+    gates = Gates(
+        margin=margin,
+        gate=[g.strip() for g in gate.split(",")] if gate else None,
+        max_latency_ratio=max_latency_ratio,
+        max_p99_ms=max_p99_ms,
+        max_token_ratio=max_token_ratio,
+        min_rows=min_rows,
+        canary_weight=canary_weight,
+        mirror_percent=mirror_percent,
+    )
     if floor:
         gates.floors.update(_thresholds(floor))
     try:
-        res = promote(run, candidate, policy, base, [s.strip() for s in sources.split(",")] if sources else None,
-                      provenance, gates)
+        res = promote(
+            run,
+            candidate,
+            policy,
+            base,
+            [s.strip() for s in sources.split(",")] if sources else None,
+            provenance,
+            gates,
+        )
     except PromotionRefused as exc:
         _fail(f"refusing to promote: {exc}")
     written, md = write_outputs(res, out, candidate, provenance)
     typer.echo(md.read_text())
     if check:
-        r = subprocess.run([sys.executable, "-m", "cohortgate.cli", "policy", "check", str(written)],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "cohortgate.cli", "policy", "check", str(written)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if r.returncode != 0:
             _fail(f"the written policy {written} does not pass `cohortgate policy check`:\n{r.stdout}{r.stderr}", 1)
     typer.echo(f"wrote {written} and {md}")

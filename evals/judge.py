@@ -39,16 +39,24 @@ class JudgeClient:
         prompt = PROMPT.format(
             evidence="\n---\n".join(evidence), claims="\n".join(f"{i}. {c}" for i, c in enumerate(claims, 1))
         )
-        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": prompt}],
-                "response_format": {"type": "json_object"}}
+        body = {
+            "model": self.model,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": prompt}],
+            "response_format": {"type": "json_object"},
+        }
         headers = {"content-type": "application/json"}
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
                 raise JudgeError(f"judge API key variable {self.api_key_env} is not set")
             headers["authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions",
-                                     data=json.dumps(body).encode(), headers=headers, method="POST")
+        req = urllib.request.Request(
+            self.base_url.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers=headers,
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
                 reply = json.loads(r.read())

@@ -64,8 +64,9 @@ class Decision:
 
 def load_provenance(path: Path | None) -> dict[str, Any]:
     if path is None:
-        raise PromotionRefused("no --provenance given: promotion needs the candidate's provenance.json "
-                               "(written by `cohortgate merge`)")
+        raise PromotionRefused(
+            "no --provenance given: promotion needs the candidate's provenance.json (written by `cohortgate merge`)"
+        )
     try:
         prov = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -81,8 +82,9 @@ def _stem(p: str) -> str:
     return Path(str(p).rstrip("/")).name
 
 
-def resolve_baselines(prov: dict[str, Any], models: list[str], base: str | None,
-                      sources: list[str] | None, prov_path: Path) -> tuple[str | None, list[str]]:
+def resolve_baselines(
+    prov: dict[str, Any], models: list[str], base: str | None, sources: list[str] | None, prov_path: Path
+) -> tuple[str | None, list[str]]:
     inputs = [s for s in prov["sources"] if s.get("role") != "base"]
     has_base = any(s.get("role") == "base" for s in prov["sources"]) or prov.get("base_model")
     if base is None and has_base:
@@ -90,29 +92,35 @@ def resolve_baselines(prov: dict[str, Any], models: list[str], base: str | None,
     if sources is None:
         sources = [_stem(s.get("path", "")) for s in inputs]
     elif len(sources) < len(inputs):
-        raise PromotionRefused(f"{prov_path} lists {len(inputs)} input sources but --sources names {len(sources)}: "
-                               "the run must compare the candidate with every source")
+        raise PromotionRefused(
+            f"{prov_path} lists {len(inputs)} input sources but --sources names {len(sources)}: "
+            "the run must compare the candidate with every source"
+        )
     if has_base and base is None:
         raise PromotionRefused(f"{prov_path} has a base model; name its run model with --base")
     missing = [m for m in ([base] if base else []) + sources if m not in models]
     if missing:
-        raise PromotionRefused(f"the run lacks baseline model(s) {', '.join(missing)} (run has: {', '.join(models)}); "
-                               "evaluate them in the same run, or map names with --base/--sources")
+        raise PromotionRefused(
+            f"the run lacks baseline model(s) {', '.join(missing)} (run has: {', '.join(models)}); "
+            "evaluate them in the same run, or map names with --base/--sources"
+        )
     return base, sources
 
 
 def _covering(policy: dict[str, Any], cohort: str) -> list[dict[str, Any]]:
     routes = policy.get("routes") or []
-    return [r for r in routes if cohort in (r.get("cohorts") or [])] or \
-        [r for r in routes if "*" in (r.get("cohorts") or [])]
+    return [r for r in routes if cohort in (r.get("cohorts") or [])] or [
+        r for r in routes if "*" in (r.get("cohorts") or [])
+    ]
 
 
 def _incumbent(route: dict[str, Any]) -> str:
     return str(max(route["targets"], key=lambda t: float(t.get("weight", 1.0)))["upstream"])
 
 
-def decide(rows: list[dict[str, Any]], candidate: str, baselines: list[str], policy: dict[str, Any],
-           gates: Gates) -> list[Decision]:
+def decide(
+    rows: list[dict[str, Any]], candidate: str, baselines: list[str], policy: dict[str, Any], gates: Gates
+) -> list[Decision]:
     scores: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     lat: dict[tuple[str, str], list[float]] = defaultdict(list)
     tok: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -148,7 +156,9 @@ def decide(rows: list[dict[str, Any]], candidate: str, baselines: list[str], pol
             cm = mean(list(cand.values()))
             floor = gates.floors.get(e)
             ok_floor = floor is None or cm >= floor
-            d.checks.append({"evaluator": e, "baseline": "(floor)", "candidate_mean": cm, "floor": floor, "ok": ok_floor})
+            d.checks.append(
+                {"evaluator": e, "baseline": "(floor)", "candidate_mean": cm, "floor": floor, "ok": ok_floor}
+            )
             if not ok_floor:
                 d.reasons.append(f"{e} mean {cm:.3f} < floor {floor:.2f}")
             for b in baselines:
@@ -158,8 +168,18 @@ def decide(rows: list[dict[str, Any]], candidate: str, baselines: list[str], pol
                     continue
                 diff, lo, hi, k = paired_diff_ci(cand, bs)
                 ok = k >= 2 and lo >= -gates.margin
-                d.checks.append({"evaluator": e, "baseline": b, "candidate_mean": cm, "baseline_mean": mean(list(bs.values())),
-                                 "diff": diff, "diff_ci": [lo, hi], "n": k, "ok": ok})
+                d.checks.append(
+                    {
+                        "evaluator": e,
+                        "baseline": b,
+                        "candidate_mean": cm,
+                        "baseline_mean": mean(list(bs.values())),
+                        "diff": diff,
+                        "diff_ci": [lo, hi],
+                        "n": k,
+                        "ok": ok,
+                    }
+                )
                 if not ok:
                     d.reasons.append(f"{e}: vs {b} diff {diff:+.3f}, 95% lower bound {lo:+.3f} < -{gates.margin:.2f}")
         ref = d.incumbent if d.incumbent and lat.get((cohort, d.incumbent)) else (baselines[0] if baselines else None)
@@ -176,7 +196,9 @@ def decide(rows: list[dict[str, Any]], candidate: str, baselines: list[str], pol
                 d.reasons.append(f"output tokens/request {ct:.0f} > {gates.max_token_ratio}x {ref}'s {rt:.0f}")
         d.promote = not d.reasons
         if d.promote:
-            d.reasons.append(f"non-inferior to {', '.join(baselines)} on {', '.join(evs) or 'no evaluator'}; within limits")
+            d.reasons.append(
+                f"non-inferior to {', '.join(baselines)} on {', '.join(evs) or 'no evaluator'}; within limits"
+            )
         out.append(d)
     return out
 
@@ -189,14 +211,21 @@ def _route_id(base: str, taken: set[str]) -> str:
     return out
 
 
-def rewrite_policy(policy: dict[str, Any], decisions: list[Decision], candidate: str,
-                   cand_upstream: dict[str, Any] | None, gates: Gates) -> dict[str, Any]:
+def rewrite_policy(
+    policy: dict[str, Any],
+    decisions: list[Decision],
+    candidate: str,
+    cand_upstream: dict[str, Any] | None,
+    gates: Gates,
+) -> dict[str, Any]:
     new = copy.deepcopy(policy)
     winners = [d for d in decisions if d.promote]
     if winners and candidate not in new["upstreams"]:
         if cand_upstream is None:
-            raise PromotionRefused(f"the policy has no upstream {candidate!r} and the run does not say where it is "
-                                   f"served; add upstreams.{candidate} to the policy")
+            raise PromotionRefused(
+                f"the policy has no upstream {candidate!r} and the run does not say where it is "
+                f"served; add upstreams.{candidate} to the policy"
+            )
         new["upstreams"][candidate] = cand_upstream
     taken = {str(r["id"]) for r in new["routes"]}
     for d in winners:
@@ -204,8 +233,10 @@ def rewrite_policy(policy: dict[str, Any], decisions: list[Decision], candidate:
             inc = _incumbent(old)
             route = copy.deepcopy(old)
             route["cohorts"] = [d.cohort]
-            route["targets"] = [{"upstream": candidate, "weight": gates.canary_weight, "arm": "candidate"},
-                                {"upstream": inc, "weight": 100.0 - gates.canary_weight, "arm": "control"}]
+            route["targets"] = [
+                {"upstream": candidate, "weight": gates.canary_weight, "arm": "candidate"},
+                {"upstream": inc, "weight": 100.0 - gates.canary_weight, "arm": "control"},
+            ]
             route["fallback"] = [inc] + [f for f in old.get("fallback") or [] if f not in (inc, candidate)]
             route["mirror"] = {**(old.get("mirror") or {}), "targets": [candidate], "percent": gates.mirror_percent}
             at = next(i for i, r in enumerate(new["routes"]) if r is old)
@@ -221,12 +252,18 @@ def rewrite_policy(policy: dict[str, Any], decisions: list[Decision], candidate:
 
 
 def decision_markdown(decisions: list[Decision], candidate: str, baselines: list[str]) -> str:
-    lines = [f"# Promotion of `{candidate}` (baselines: {', '.join(baselines)})", "",
-             "| cohort | decision | serving now | route(s) | why |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Promotion of `{candidate}` (baselines: {', '.join(baselines)})",
+        "",
+        "| cohort | decision | serving now | route(s) | why |",
+        "|---|---|---|---|---|",
+    ]
     for d in decisions:
         why = "; ".join(d.reasons).replace("|", "/")
-        lines.append(f"| {d.cohort} | {'**promote**' if d.promote else 'hold'} | {d.incumbent or '-'} | "
-                     f"{', '.join(d.routes) or '-'} | {why} |")
+        lines.append(
+            f"| {d.cohort} | {'**promote**' if d.promote else 'hold'} | {d.incumbent or '-'} | "
+            f"{', '.join(d.routes) or '-'} | {why} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -237,8 +274,15 @@ class PromoteResult:
     baselines: list[str]
 
 
-def promote(run: Path, candidate: str, policy_path: Path, base: str | None, sources: list[str] | None,
-            provenance: Path | None, gates: Gates) -> PromoteResult:
+def promote(
+    run: Path,
+    candidate: str,
+    policy_path: Path,
+    base: str | None,
+    sources: list[str] | None,
+    provenance: Path | None,
+    gates: Gates,
+) -> PromoteResult:
     prov = load_provenance(provenance)
     try:
         rows = latest_rows(results_path(run))
@@ -267,13 +311,24 @@ def promote(run: Path, candidate: str, policy_path: Path, base: str | None, sour
 
 def write_outputs(res: PromoteResult, out: Path, candidate: str, provenance: Path | None) -> tuple[Path, Path]:
     won = [d.cohort for d in res.decisions if d.promote]
-    header = (f"# Written by `cohortgate promote` for candidate {candidate} (provenance: {provenance}).\n"
-              f"# Promoted cohorts: {', '.join(won) or 'none'}; decisions in {out.stem}.decisions.md\n")
+    header = (
+        f"# Written by `cohortgate promote` for candidate {candidate} (provenance: {provenance}).\n"
+        f"# Promoted cohorts: {', '.join(won) or 'none'}; decisions in {out.stem}.decisions.md\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + yaml.safe_dump(res.policy, sort_keys=False, allow_unicode=True))
     md = out.with_name(out.stem + ".decisions.md")
     md.write_text(decision_markdown(res.decisions, candidate, res.baselines))
-    out.with_name(out.stem + ".decisions.json").write_text(json.dumps(
-        {"candidate": candidate, "baselines": res.baselines, "provenance": str(provenance),
-         "decisions": [d.__dict__ for d in res.decisions]}, indent=2, default=float))
+    out.with_name(out.stem + ".decisions.json").write_text(
+        json.dumps(
+            {
+                "candidate": candidate,
+                "baselines": res.baselines,
+                "provenance": str(provenance),
+                "decisions": [d.__dict__ for d in res.decisions],
+            },
+            indent=2,
+            default=float,
+        )
+    )
     return out, md

@@ -20,8 +20,13 @@ import orjson
 from evals.runfile import RunError, latest_rows, read_meta, results_path
 from evals.stats import mean, mean_ci, percentile, wilson
 
-ABBREV = {"TaskCompletion": "Task", "Groundedness": "Ground", "HallucinationScore": "NoHalluc",
-          "JSONValidation": "JSON", "ToolSelectionAccuracy": "Tool"}
+ABBREV = {
+    "TaskCompletion": "Task",
+    "Groundedness": "Ground",
+    "HallucinationScore": "NoHalluc",
+    "JSONValidation": "JSON",
+    "ToolSelectionAccuracy": "Tool",
+}
 EVAL_ORDER = ["TaskCompletion", "Groundedness", "HallucinationScore", "JSONValidation", "ToolSelectionAccuracy"]
 
 
@@ -34,15 +39,23 @@ def _cell(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for name, ss in per_eval.items():
         scores = [float(s["score"]) for s in ss]
         k = sum(1 for s in ss if s["passed"])
-        evals[name] = {"n": len(ss), "mean": mean(scores), "mean_ci": list(mean_ci(scores)),
-                       "pass_rate": k / len(ss), "pass_ci": list(wilson(k, len(ss)))}
+        evals[name] = {
+            "n": len(ss),
+            "mean": mean(scores),
+            "mean_ci": list(mean_ci(scores)),
+            "pass_rate": k / len(ss),
+            "pass_ci": list(wilson(k, len(ss))),
+        }
     lat = [float(r["latency_ms"]) for r in rows if not r.get("error")]
     tin = [u for r in rows if not r.get("error") and (u := (r.get("usage") or {}).get("input_tokens")) is not None]
     tout = [u for r in rows if not r.get("error") and (u := (r.get("usage") or {}).get("output_tokens")) is not None]
-    return {"n": len(rows), "errors": sum(1 for r in rows if r.get("error")),
-            "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99)},
-            "tokens": {"input_mean": mean(tin) if tin else None, "output_mean": mean(tout) if tout else None},
-            "evaluators": {k: evals[k] for k in sorted(evals, key=_order)}}
+    return {
+        "n": len(rows),
+        "errors": sum(1 for r in rows if r.get("error")),
+        "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99)},
+        "tokens": {"input_mean": mean(tin) if tin else None, "output_mean": mean(tout) if tout else None},
+        "evaluators": {k: evals[k] for k in sorted(evals, key=_order)},
+    }
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -59,8 +72,9 @@ def load_run(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return read_meta(run), rows
 
 
-def build_report(run: Path, candidate: str | None = None, sources: list[str] | None = None,
-                 base: str | None = None) -> dict[str, Any]:
+def build_report(
+    run: Path, candidate: str | None = None, sources: list[str] | None = None, base: str | None = None
+) -> dict[str, Any]:
     meta, rows = load_run(run)
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     cohorts = sorted({str(r["cohort"]) for r in rows})
@@ -72,9 +86,16 @@ def build_report(run: Path, candidate: str | None = None, sources: list[str] | N
     cells = [{"cohort": c, "model": m, **_cell(groups[(c, m)])} for c in cohorts for m in models if groups[(c, m)]]
     aggregate = [{"cohort": "(all cohorts)", "model": m, **_cell(by_model[m])} for m in models]
     evaluators = sorted({e for c in cells for e in c["evaluators"]}, key=_order)
-    report: dict[str, Any] = {"run": str(run), "kind": meta.get("kind", "dataset"), "models": models,
-                              "cohorts": cohorts, "evaluators": evaluators, "cells": cells,
-                              "aggregate": aggregate, "retention": None}
+    report: dict[str, Any] = {
+        "run": str(run),
+        "kind": meta.get("kind", "dataset"),
+        "models": models,
+        "cohorts": cohorts,
+        "evaluators": evaluators,
+        "cells": cells,
+        "aggregate": aggregate,
+        "retention": None,
+    }
     if candidate:
         if candidate not in models:
             raise RunError(f"--candidate {candidate!r} is not in the run (models: {', '.join(models)})")
@@ -94,14 +115,20 @@ def retention(cells: list[dict[str, Any]], candidate: str, sources: list[str], e
         cand = idx.get((cohort, candidate))
         row: dict[str, float | None] = {}
         for e in evaluators:
-            src = [idx[(cohort, s)]["evaluators"][e]["mean"] for s in sources
-                   if (cohort, s) in idx and e in idx[(cohort, s)]["evaluators"]]
+            src = [
+                idx[(cohort, s)]["evaluators"][e]["mean"]
+                for s in sources
+                if (cohort, s) in idx and e in idx[(cohort, s)]["evaluators"]
+            ]
             if cand is None or e not in cand["evaluators"] or not src:
                 continue
             best = max(src)
             # best source at 0: retention is undefined unless the candidate is also 0 (then 1)
-            val = cand["evaluators"][e]["mean"] / best if best > 0 else (1.0 if cand["evaluators"][e]["mean"] == 0
-                                                                         else None)
+            val = (
+                cand["evaluators"][e]["mean"] / best
+                if best > 0
+                else (1.0 if cand["evaluators"][e]["mean"] == 0 else None)
+            )
             row[e] = val
             if val is not None and (worst is None or val < worst["value"]):
                 worst = {"cohort": cohort, "evaluator": e, "value": val}
@@ -140,9 +167,15 @@ def print_report(report: dict[str, Any]) -> None:
                 if s is None:
                     continue
                 name = c["model"] + (f" ({c['errors']} err)" if c["errors"] else "")
-                t.add_row(c["cohort"], name, str(s["n"]), f"{s['mean']:.3f}",
-                          f"{s['mean_ci'][0]:.2f}-{s['mean_ci'][1]:.2f}", f"{s['pass_rate']:.0%}",
-                          f"{s['pass_ci'][0]:.0%}-{s['pass_ci'][1]:.0%}")
+                t.add_row(
+                    c["cohort"],
+                    name,
+                    str(s["n"]),
+                    f"{s['mean']:.3f}",
+                    f"{s['mean_ci'][0]:.2f}-{s['mean_ci'][1]:.2f}",
+                    f"{s['pass_rate']:.0%}",
+                    f"{s['pass_ci'][0]:.0%}-{s['pass_ci'][1]:.0%}",
+                )
             t.add_section()
         console.print(t)
     t = Table(title="latency and tokens per request", title_justify="left")
@@ -151,8 +184,16 @@ def print_report(report: dict[str, Any]) -> None:
     for group in (report["cells"], report["aggregate"]):
         for c in group:
             lat, tok = c["latency_ms"], c["tokens"]
-            t.add_row(c["cohort"], c["model"], str(c["n"]), str(c["errors"]), _fmt(lat["p50"], 0), _fmt(lat["p99"], 0),
-                      _fmt(tok["input_mean"], 0), _fmt(tok["output_mean"], 0))
+            t.add_row(
+                c["cohort"],
+                c["model"],
+                str(c["n"]),
+                str(c["errors"]),
+                _fmt(lat["p50"], 0),
+                _fmt(lat["p99"], 0),
+                _fmt(tok["input_mean"], 0),
+                _fmt(tok["output_mean"], 0),
+            )
         t.add_section()
     console.print(t)
     ret = report.get("retention")

@@ -57,8 +57,10 @@ class ModelSpec:
         name, sep, rest = spec.partition("=")
         m = _SPEC.match(rest.strip()) if sep else None
         if not name.strip() or m is None:
-            raise RunError(f"--model {spec!r}: expected NAME=BASE_URL[:served_name], "
-                           "e.g. candidate=http://127.0.0.1:8000/v1:Qwen/Qwen2.5-0.5B")
+            raise RunError(
+                f"--model {spec!r}: expected NAME=BASE_URL[:served_name], "
+                "e.g. candidate=http://127.0.0.1:8000/v1:Qwen/Qwen2.5-0.5B"
+            )
         return ModelSpec(name.strip(), m.group(1).rstrip("/"), m.group(2) or name.strip())
 
 
@@ -110,22 +112,36 @@ def _prepare(cfg: RunConfig) -> tuple[list[Row], list[Evaluator], set[tuple[str,
         if meta.get("dataset_sha256") != digest:
             raise RunError(f"{cfg.out} holds a run of a different dataset (sha256 differs); use a new --out")
         if meta.get("evaluators") != ev_cfg or meta.get("support") != cfg.support:
-            raise RunError(f"{cfg.out} was run with evaluators {meta.get('evaluators')} (support "
-                           f"{meta.get('support')}); resume with the same settings or use a new --out")
+            raise RunError(
+                f"{cfg.out} was run with evaluators {meta.get('evaluators')} (support "
+                f"{meta.get('support')}); resume with the same settings or use a new --out"
+            )
         for n, m in models.items():
             old = meta.get("models", {}).get(n)
             if old and old["served_model"] != m["served_model"]:
                 raise RunError(f"model {n!r} was run as {old['served_model']!r}; now {m['served_model']!r}")
         models = {**meta.get("models", {}), **models}
-    write_meta(cfg.out, {"v": FORMAT_VERSION, "kind": "dataset", "dataset": str(cfg.dataset),
-                         "dataset_sha256": digest, "models": models, "evaluators": ev_cfg,
-                         "support": cfg.support, "created": meta.get("created") or now_iso(), "updated": now_iso()})
+    write_meta(
+        cfg.out,
+        {
+            "v": FORMAT_VERSION,
+            "kind": "dataset",
+            "dataset": str(cfg.dataset),
+            "dataset_sha256": digest,
+            "models": models,
+            "evaluators": ev_cfg,
+            "support": cfg.support,
+            "created": meta.get("created") or now_iso(),
+            "updated": now_iso(),
+        },
+    )
     done = {(str(r["row_id"]), str(r["model"])) for r in read_rows(cfg.out / RESULTS) if not r.get("error")}
     return rows, evs, done
 
 
-async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-                cfg: RunConfig) -> tuple[dict[str, Any] | None, int, dict[str, str] | None, float]:
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], cfg: RunConfig
+) -> tuple[dict[str, Any] | None, int, dict[str, str] | None, float]:
     err: dict[str, str] = {}
     for attempt in range(1, cfg.max_retries + 2):
         wait = min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())
@@ -158,22 +174,34 @@ def score_row(row: Row, evs: list[Evaluator], output: Output | None, error: str 
         if not e.applies(row):
             continue
         if output is None:
-            scores[e.name] = {"score": 0.0, "passed": False, "reason": f"request failed: {error}",
-                              "threshold": e.threshold}
+            scores[e.name] = {
+                "score": 0.0,
+                "passed": False,
+                "reason": f"request failed: {error}",
+                "threshold": e.threshold,
+            }
         else:
             scores[e.name] = {**e.evaluate(row, output).as_dict(), "threshold": e.threshold}
     return scores
 
 
-async def _one(session: aiohttp.ClientSession, cfg: RunConfig, row: Row, spec: ModelSpec,
-               evs: list[Evaluator], headers: dict[str, str], offload: bool) -> dict[str, Any]:
+async def _one(
+    session: aiohttp.ClientSession,
+    cfg: RunConfig,
+    row: Row,
+    spec: ModelSpec,
+    evs: list[Evaluator],
+    headers: dict[str, str],
+    offload: bool,
+) -> dict[str, Any]:
     body = row.request_body(spec.served)
     if cfg.temperature is not None:
         body["temperature"] = cfg.temperature
     if cfg.max_tokens is not None:
         body["max_tokens"] = cfg.max_tokens
-    resp, attempts, err, ms = await _post(session, spec.base_url + "/chat/completions", orjson.dumps(body),
-                                          headers, cfg)
+    resp, attempts, err, ms = await _post(
+        session, spec.base_url + "/chat/completions", orjson.dumps(body), headers, cfg
+    )
     output: Output | None = None
     out_rec: dict[str, Any] | None = None
     finish = None
@@ -182,8 +210,10 @@ async def _one(session: aiohttp.ClientSession, cfg: RunConfig, row: Row, spec: M
             choice = resp["choices"][0]
             output = Output.from_message(choice["message"])
             finish = choice.get("finish_reason")
-            out_rec = {"content": output.content,
-                       "tool_calls": [{"name": n, "arguments": a} for n, a in output.tool_calls]}
+            out_rec = {
+                "content": output.content,
+                "tool_calls": [{"name": n, "arguments": a} for n, a in output.tool_calls],
+            }
         except (KeyError, IndexError, TypeError, EvalInputError) as exc:
             err = {"type": "bad_response", "message": f"not a chat completion: {exc}"}
             output = None
@@ -192,12 +222,23 @@ async def _one(session: aiohttp.ClientSession, cfg: RunConfig, row: Row, spec: M
         scores = await asyncio.to_thread(score_row, row, evs, output, None)
     else:
         scores = score_row(row, evs, output, (err or {}).get("message"))
-    return {"v": FORMAT_VERSION, "row_id": row.id, "cohort": row.cohort, "model": spec.name,
-            "gen_ai.request.model": spec.served, "gen_ai.response.model": (resp or {}).get("model"),
-            "server.address": spec.base_url, "output": out_rec, "finish_reason": finish,
-            "latency_ms": round(ms, 3), "attempts": attempts,
-            "usage": {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens")},
-            "error": err if output is None else None, "scores": scores, "ts": now_iso()}
+    return {
+        "v": FORMAT_VERSION,
+        "row_id": row.id,
+        "cohort": row.cohort,
+        "model": spec.name,
+        "gen_ai.request.model": spec.served,
+        "gen_ai.response.model": (resp or {}).get("model"),
+        "server.address": spec.base_url,
+        "output": out_rec,
+        "finish_reason": finish,
+        "latency_ms": round(ms, 3),
+        "attempts": attempts,
+        "usage": {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens")},
+        "error": err if output is None else None,
+        "scores": scores,
+        "ts": now_iso(),
+    }
 
 
 async def run_async(cfg: RunConfig) -> RunSummary:
@@ -272,8 +313,13 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
-            self.bar = Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar = Progress(
+                TextColumn("[bold]eval[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
             self.task = self.bar.add_task(f"({skipped} already scored)", total=todo)
 
     def __enter__(self) -> _Progress:

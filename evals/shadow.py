@@ -25,10 +25,22 @@ DEFAULT_INLINE_THRESHOLD = 1.0
 
 
 def _response(output: dict[str, Any]) -> dict[str, Any]:
-    calls = [{"id": f"c{i}", "type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments")}}
-             for i, c in enumerate(output.get("tool_calls") or [])]
-    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": output.get("content"),
-                                                 **({"tool_calls": calls} if calls else {})}}]}
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments")}}
+        for i, c in enumerate(output.get("tool_calls") or [])
+    ]
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": output.get("content"),
+                    **({"tool_calls": calls} if calls else {}),
+                },
+            }
+        ]
+    }
 
 
 def convert_line(obj: Any, where: str, thresholds: dict[str, float]) -> dict[str, Any]:
@@ -79,9 +91,17 @@ def import_shadow(sink: Path, run: Path, thresholds: dict[str, float] | None = N
     tmp = run / (RESULTS + ".tmp")
     tmp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     os.replace(tmp, run / RESULTS)
-    models = {str(r["model"]): {"base_url": r.get("server.address"), "served_model": r.get("gen_ai.request.model")}
-              for r in rows}
-    meta = {"v": FORMAT_VERSION, "kind": "shadow", "source": str(sink), "source_sha256": sha256_file(sink),
-            "models": models, "created": now_iso()}
+    models = {
+        str(r["model"]): {"base_url": r.get("server.address"), "served_model": r.get("gen_ai.request.model")}
+        for r in rows
+    }
+    meta = {
+        "v": FORMAT_VERSION,
+        "kind": "shadow",
+        "source": str(sink),
+        "source_sha256": sha256_file(sink),
+        "models": models,
+        "created": now_iso(),
+    }
     (run / META).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     return len(rows)

@@ -1,12 +1,12 @@
 """Small statistics for reports and promotion, in pure Python (hand-checkable, no numpy).
 
-  wilson(k, n)        95% Wilson score interval for a pass rate (good at p near 0 or 1 and small n,
-                      where the normal interval escapes [0, 1]).
-  mean_ci(xs)         mean with a 95% Student-t interval, clipped to [lo_bound, hi_bound];
-                      fewer than 2 values gives the whole range (we know nothing).
-  paired_diff_ci      mean and t interval of per-row differences a - b on shared rows: the
-                      non-inferiority test promotion uses (pairing removes row difficulty).
-  percentile(xs, q)   linear interpolation between order statistics (numpy's default).
+wilson(k, n)        95% Wilson score interval for a pass rate (good at p near 0 or 1 and small n,
+                    where the normal interval escapes [0, 1]).
+mean_ci(xs)         mean with a 95% Student-t interval, clipped to [lo_bound, hi_bound];
+                    fewer than 2 values gives the whole range (we know nothing).
+paired_diff_ci      mean and t interval of per-row differences a - b on shared rows: the
+                    non-inferiority test promotion uses (pairing removes row difficulty).
+percentile(xs, q)   linear interpolation between order statistics (numpy's default).
 """
 
 from __future__ import annotations
@@ -15,10 +15,38 @@ import math
 from collections.abc import Sequence
 
 Z95 = 1.959963984540054
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
-         29: 2.045, 30: 2.042}
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    21: 2.080,
+    22: 2.074,
+    23: 2.069,
+    24: 2.064,
+    25: 2.060,
+    26: 2.056,
+    27: 2.052,
+    28: 2.048,
+    29: 2.045,
+    30: 2.042,
+}
 
 
 def t975(df: int) -> float:
@@ -28,8 +56,12 @@ def t975(df: int) -> float:
     if df in _T975:
         return _T975[df]
     z = Z95
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:

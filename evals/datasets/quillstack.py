@@ -60,37 +60,78 @@ POLICIES = {
 
 
 def _tool(name: str, description: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": props, "required": required, "additionalProperties": False}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": props, "required": required, "additionalProperties": False},
+        },
+    }
 
 
 TOOLS = [
-    _tool("lookup_invoice", "Fetch an invoice by id: amount, status, plan, dates and payment method.",
-          {"invoice_id": {"type": "string", "pattern": "^INV-[0-9]{5}$"}}, ["invoice_id"]),
-    _tool("issue_refund", "Refund all or part of a paid invoice to the original payment method.",
-          {"invoice_id": {"type": "string", "pattern": "^INV-[0-9]{5}$"},
-           "amount": {"type": "number", "exclusiveMinimum": 0},
-           "reason": {"type": "string", "enum": ["duplicate_charge", "billing_error", "annual_within_30_days",
-                                                 "hardware_return", "approved_exception"]}},
-          ["invoice_id", "amount", "reason"]),
-    _tool("get_order_status", "Shipping status of a ReceiptScanner hardware order.",
-          {"order_id": {"type": "string", "pattern": "^QS-[0-9]{5}$"}}, ["order_id"]),
-    _tool("escalate_to_human", "Hand the conversation to a human agent (billing lead, security, legal).",
-          {"team": {"type": "string", "enum": ["billing", "security", "legal", "technical"]},
-           "priority": {"type": "string", "enum": ["low", "normal", "high", "urgent"]},
-           "summary": {"type": "string", "minLength": 10}},
-          ["team", "priority", "summary"]),
+    _tool(
+        "lookup_invoice",
+        "Fetch an invoice by id: amount, status, plan, dates and payment method.",
+        {"invoice_id": {"type": "string", "pattern": "^INV-[0-9]{5}$"}},
+        ["invoice_id"],
+    ),
+    _tool(
+        "issue_refund",
+        "Refund all or part of a paid invoice to the original payment method.",
+        {
+            "invoice_id": {"type": "string", "pattern": "^INV-[0-9]{5}$"},
+            "amount": {"type": "number", "exclusiveMinimum": 0},
+            "reason": {
+                "type": "string",
+                "enum": [
+                    "duplicate_charge",
+                    "billing_error",
+                    "annual_within_30_days",
+                    "hardware_return",
+                    "approved_exception",
+                ],
+            },
+        },
+        ["invoice_id", "amount", "reason"],
+    ),
+    _tool(
+        "get_order_status",
+        "Shipping status of a ReceiptScanner hardware order.",
+        {"order_id": {"type": "string", "pattern": "^QS-[0-9]{5}$"}},
+        ["order_id"],
+    ),
+    _tool(
+        "escalate_to_human",
+        "Hand the conversation to a human agent (billing lead, security, legal).",
+        {
+            "team": {"type": "string", "enum": ["billing", "security", "legal", "technical"]},
+            "priority": {"type": "string", "enum": ["low", "normal", "high", "urgent"]},
+            "summary": {"type": "string", "minLength": 10},
+        },
+        ["team", "priority", "summary"],
+    ),
 ]
 
 TRIAGE_SCHEMA = {
-    "type": "object", "additionalProperties": False,
+    "type": "object",
+    "additionalProperties": False,
     "required": ["invoice_id", "amount", "refund_eligible", "reason", "customer_message"],
     "properties": {
         "invoice_id": {"type": "string", "pattern": "^INV-[0-9]{5}$"},
         "amount": {"type": "number", "minimum": 0},
         "refund_eligible": {"type": "boolean"},
-        "reason": {"type": "string", "enum": ["duplicate_charge", "billing_error", "annual_within_30_days",
-                                              "monthly_partial_month", "annual_after_30_days"]},
+        "reason": {
+            "type": "string",
+            "enum": [
+                "duplicate_charge",
+                "billing_error",
+                "annual_within_30_days",
+                "monthly_partial_month",
+                "annual_after_30_days",
+            ],
+        },
         "customer_message": {"type": "string", "minLength": 20},
     },
 }

@@ -27,8 +27,12 @@ CLAIM_BASED = ("Groundedness", "HallucinationScore")
 __all__ = ["REGISTRY", "DEFAULT_THRESHOLDS", "Evaluator", "Output", "build", "JudgeClient", "Mode"]
 
 
-def build(names: list[str] | None = None, thresholds: dict[str, float] | None = None,
-          support: Mode = "embedding", judge: JudgeClient | None = None) -> list[Evaluator]:
+def build(
+    names: list[str] | None = None,
+    thresholds: dict[str, float] | None = None,
+    support: Mode = "embedding",
+    judge: JudgeClient | None = None,
+) -> list[Evaluator]:
     names = names or list(REGISTRY)
     out: list[Evaluator] = []
     for n in names:

@@ -44,14 +44,15 @@ class ClaimCheck:
 
 
 def _sentences(passages: list[str]) -> list[str]:
-    out = []
+    out: list[str] = []
     for p in passages:
         out.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", p) if len(s.strip()) > 3)
     return out or passages
 
 
-def check_claims(row: Row, text: str, mode: Mode, judge: JudgeClient | None,
-                 claim_threshold: float) -> list[ClaimCheck]:
+def check_claims(
+    row: Row, text: str, mode: Mode, judge: JudgeClient | None, claim_threshold: float
+) -> list[ClaimCheck]:
     evidence = row.evidence()
     claims = claims_of(text)
     if not claims:
@@ -84,8 +85,9 @@ def check_claims(row: Row, text: str, mode: Mode, judge: JudgeClient | None,
 class _ClaimEvaluator(Evaluator):
     deterministic = False
 
-    def __init__(self, threshold: float, mode: Mode = "embedding", judge: JudgeClient | None = None,
-                 claim_threshold: float = 0.6) -> None:
+    def __init__(
+        self, threshold: float, mode: Mode = "embedding", judge: JudgeClient | None = None, claim_threshold: float = 0.6
+    ) -> None:
         super().__init__(threshold)
         if mode == "judge" and judge is None:
             raise ValueError(f"{self.name}: judge mode needs --judge BASE_URL:MODEL")

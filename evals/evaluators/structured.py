@@ -34,7 +34,7 @@ class JSONValidation(Evaluator):
 
 def _same(expected: Any, got: Any) -> bool:
     if isinstance(expected, bool) or isinstance(got, bool):
-        return expected == got
+        return bool(expected == got)
     if isinstance(expected, int | float):
         try:
             return abs(float(got) - float(expected)) < 1e-6

@@ -64,7 +64,10 @@ class TaskCompletion(Evaluator):
         if is_scope_refusal(text) and not output.tool_calls:
             return 0.0, "refused a request it should have handled"
         if crit is not None:
-            return crit, "all criteria met" if not missing else f"{len(met)}/{len(e.criteria)} criteria; missing {missing[0]!r}"
+            return (
+                crit,
+                "all criteria met" if not missing else f"{len(met)}/{len(e.criteria)} criteria; missing {missing[0]!r}",
+            )
         if e.reference:
             ref_nums = numbers(e.reference)
             if ref_nums - numbers(text):

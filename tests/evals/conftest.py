@@ -19,8 +19,19 @@ COHORTGATE = str(ROOT / ".venv" / "bin" / "cohortgate")
 @contextmanager
 def fake_server(tmp: Path, delay_ms: float = 0, fail_every: int = 0, require_key: str = "") -> Iterator[str]:
     port = free_port()
-    cmd = [PYTHON, "-m", "tests.evals.fake_openai", "--port", str(port), "--delay-ms", str(delay_ms),
-           "--fail-every", str(fail_every), "--require-key", require_key]
+    cmd = [
+        PYTHON,
+        "-m",
+        "tests.evals.fake_openai",
+        "--port",
+        str(port),
+        "--delay-ms",
+        str(delay_ms),
+        "--fail-every",
+        str(fail_every),
+        "--require-key",
+        require_key,
+    ]
     with running(cmd, ready_url=f"http://127.0.0.1:{port}/health", log=tmp / f"fake-{port}.log", cwd=ROOT):
         yield f"http://127.0.0.1:{port}"
 
@@ -42,4 +53,5 @@ def small_dataset(tmp_path: Path) -> Callable[[int], Path]:
         p = tmp_path / f"small-{n_per_cohort}.jsonl"
         p.write_text("\n".join(rows) + "\n")
         return p
+
     return make

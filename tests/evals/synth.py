@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 N = 30
-EVALS = {"billing_refund": ["TaskCompletion", "Groundedness"], "policy_exception": ["TaskCompletion", "Groundedness"],
-         "tool_required": ["TaskCompletion", "ToolSelectionAccuracy"], "out_of_domain": ["TaskCompletion"]}
+EVALS = {
+    "billing_refund": ["TaskCompletion", "Groundedness"],
+    "policy_exception": ["TaskCompletion", "Groundedness"],
+    "tool_required": ["TaskCompletion", "ToolSelectionAccuracy"],
+    "out_of_domain": ["TaskCompletion"],
+}
 # mean score per (cohort, model), same for every evaluator of the cohort
 MEANS = {
     "billing_refund": {"base": 0.80, "billing-specialist": 0.94, "policy-specialist": 0.85, "candidate": 0.95},
@@ -17,10 +21,15 @@ MEANS = {
 }
 LATENCY = {"base": 100.0, "billing-specialist": 110.0, "policy-specialist": 105.0, "candidate": 100.0}
 SLOW = {("tool_required", "candidate"): 400.0}  # candidate too slow on tool_required
-PROVENANCE = {"format": "cohortgate.provenance/1", "base_model": "/models/base",
-              "sources": [{"path": "/models/base", "role": "base"},
-                          {"path": "/models/billing-specialist", "role": "input"},
-                          {"path": "/models/policy-specialist", "role": "input"}]}
+PROVENANCE = {
+    "format": "cohortgate.provenance/1",
+    "base_model": "/models/base",
+    "sources": [
+        {"path": "/models/base", "role": "base"},
+        {"path": "/models/billing-specialist", "role": "input"},
+        {"path": "/models/policy-specialist", "role": "input"},
+    ],
+}
 
 
 def delta(i: int) -> float:
@@ -37,14 +46,28 @@ def write_run(run: Path, drop_model: str | None = None) -> Path:
             for i in range(N):
                 s = min(1.0, max(0.0, mu + delta(i)))
                 lat = SLOW.get((cohort, model), LATENCY[model]) + i
-                lines.append({"v": 1, "row_id": f"{cohort}-{i:03d}", "cohort": cohort, "model": model,
-                              "gen_ai.request.model": model, "gen_ai.response.model": model,
-                              "server.address": f"http://127.0.0.1:1/{model}", "output": {"content": "x", "tool_calls": []},
-                              "finish_reason": "stop", "latency_ms": lat, "attempts": 1,
-                              "usage": {"input_tokens": 100 + i, "output_tokens": 40}, "error": None,
-                              "scores": {e: {"score": s, "passed": s >= 0.9, "reason": "synthetic", "threshold": 0.9}
-                                         for e in EVALS[cohort]},
-                              "ts": "2026-11-26T10:00:00.000Z"})
+                lines.append(
+                    {
+                        "v": 1,
+                        "row_id": f"{cohort}-{i:03d}",
+                        "cohort": cohort,
+                        "model": model,
+                        "gen_ai.request.model": model,
+                        "gen_ai.response.model": model,
+                        "server.address": f"http://127.0.0.1:1/{model}",
+                        "output": {"content": "x", "tool_calls": []},
+                        "finish_reason": "stop",
+                        "latency_ms": lat,
+                        "attempts": 1,
+                        "usage": {"input_tokens": 100 + i, "output_tokens": 40},
+                        "error": None,
+                        "scores": {
+                            e: {"score": s, "passed": s >= 0.9, "reason": "synthetic", "threshold": 0.9}
+                            for e in EVALS[cohort]
+                        },
+                        "ts": "2026-11-26T10:00:00.000Z",
+                    }
+                )
     (run / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     models = {m: {"base_url": f"http://127.0.0.1:9000/{m}/v1", "served_model": m} for m in LATENCY if m != drop_model}
     (run / "run.json").write_text(json.dumps({"v": 1, "kind": "dataset", "models": models}))

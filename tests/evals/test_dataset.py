@@ -12,8 +12,13 @@ from evals.dataset import CONTEXT_PREAMBLE, DatasetError, load_dataset
 from evals.evaluators import REGISTRY, build
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "evals" / "datasets" / "support_cohorts.jsonl"
-GOOD = {"id": "a", "cohort": "billing_refund", "messages": [{"role": "user", "content": "hi"}],
-        "expected": {"criteria": ["x"]}, "source": {"kind": "synthetic", "origin": "t"}}
+GOOD = {
+    "id": "a",
+    "cohort": "billing_refund",
+    "messages": [{"role": "user", "content": "hi"}],
+    "expected": {"criteria": ["x"]},
+    "source": {"kind": "synthetic", "origin": "t"},
+}
 
 
 def write(tmp_path: Path, rows: list) -> Path:
@@ -23,12 +28,24 @@ def write(tmp_path: Path, rows: list) -> Path:
 
 
 def test_errors_name_file_line_and_field(tmp_path):
-    bad_tool = {**GOOD, "id": "c", "tools": [{"type": "function", "function": {"name": "t"}}],
-                "expected": {"tool": {"name": "other"}}}
-    p = write(tmp_path, [GOOD, "{not json", {**GOOD, "id": "b", "expected": {}}, bad_tool,
-                         {**GOOD, "id": "a"}, {**GOOD, "id": "d", "source": None, "colour": 1},
-                         {**GOOD, "id": "e", "response_format": {"type": "json_schema",
-                                                                  "json_schema": {"schema": {"type": "wat"}}}}])
+    bad_tool = {
+        **GOOD,
+        "id": "c",
+        "tools": [{"type": "function", "function": {"name": "t"}}],
+        "expected": {"tool": {"name": "other"}},
+    }
+    p = write(
+        tmp_path,
+        [
+            GOOD,
+            "{not json",
+            {**GOOD, "id": "b", "expected": {}},
+            bad_tool,
+            {**GOOD, "id": "a"},
+            {**GOOD, "id": "d", "source": None, "colour": 1},
+            {**GOOD, "id": "e", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "wat"}}}},
+        ],
+    )
     with pytest.raises(DatasetError) as ei:
         load_dataset(p)
     msgs = ei.value.problems

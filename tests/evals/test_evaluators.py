@@ -18,18 +18,31 @@ from evals.judge import JudgeClient, JudgeError
 from evals.result import EvalInputError
 from evals.text import split_claims
 
-CTX = ("Invoice INV-1001: Team plan, $49.00, charged on 2026-03-01. A duplicate charge of $49.00 was "
-       "refunded on 2026-03-03. Refunds reach the card in 5-10 business days.")
-REFUND_TOOL = {"type": "function", "function": {"name": "issue_refund", "parameters": {
-    "type": "object", "properties": {"invoice_id": {"type": "string"}, "amount": {"type": "number"}},
-    "required": ["invoice_id", "amount"]}}}
+CTX = (
+    "Invoice INV-1001: Team plan, $49.00, charged on 2026-03-01. A duplicate charge of $49.00 was "
+    "refunded on 2026-03-03. Refunds reach the card in 5-10 business days."
+)
+REFUND_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "issue_refund",
+        "parameters": {
+            "type": "object",
+            "properties": {"invoice_id": {"type": "string"}, "amount": {"type": "number"}},
+            "required": ["invoice_id", "amount"],
+        },
+    },
+}
 OTHER_TOOL = {"type": "function", "function": {"name": "lookup_invoice", "parameters": {"type": "object"}}}
 
 
 def row(**kw):
-    base = {"id": "r1", "cohort": "billing_refund",
-            "messages": [{"role": "user", "content": "Why was I charged twice on INV-1001?"}],
-            "source": {"kind": "synthetic", "origin": "tests"}}
+    base = {
+        "id": "r1",
+        "cohort": "billing_refund",
+        "messages": [{"role": "user", "content": "Why was I charged twice on INV-1001?"}],
+        "source": {"kind": "synthetic", "origin": "tests"},
+    }
     base.update(kw)
     return parse_row(base)
 
@@ -85,19 +98,24 @@ def test_task_tool_only_row():
 
 # ---------------------------------------------------------------- ToolSelectionAccuracy
 def tool_row():
-    return row(tools=[REFUND_TOOL, OTHER_TOOL],
-               expected={"tool": {"name": "issue_refund", "arguments": {"invoice_id": "INV-1001", "amount": 49}}})
+    return row(
+        tools=[REFUND_TOOL, OTHER_TOOL],
+        expected={"tool": {"name": "issue_refund", "arguments": {"invoice_id": "INV-1001", "amount": 49}}},
+    )
 
 
-@pytest.mark.parametrize("calls,score", [
-    ([], 0.0),                                                                  # pitfall: no call -> 0
-    ([("lookup_invoice", '{"invoice_id": "INV-1001"}')], 0.0),                # wrong tool
-    ([("issue_refund", '{"invoice_id": "inv-1001", "amount": "49.00"}')], 0.75),  # schema fails; args match
-    ([("issue_refund", '{"invoice_id": "INV-1001", "amount": 49.0}')], 1.0),
-    ([("issue_refund", '{"invoice_id": "INV-9", "amount": 49}')], 0.875),      # 0.5+0.25+0.25*1/2
-    ([("issue_refund", "nope")], 0.5),
-    ([("lookup_invoice", "{}"), ("issue_refund", '{"invoice_id": "INV-1001", "amount": 49}')], 1.0),
-])
+@pytest.mark.parametrize(
+    "calls,score",
+    [
+        ([], 0.0),  # pitfall: no call -> 0
+        ([("lookup_invoice", '{"invoice_id": "INV-1001"}')], 0.0),  # wrong tool
+        ([("issue_refund", '{"invoice_id": "inv-1001", "amount": "49.00"}')], 0.75),  # schema fails; args match
+        ([("issue_refund", '{"invoice_id": "INV-1001", "amount": 49.0}')], 1.0),
+        ([("issue_refund", '{"invoice_id": "INV-9", "amount": 49}')], 0.875),  # 0.5+0.25+0.25*1/2
+        ([("issue_refund", "nope")], 0.5),
+        ([("lookup_invoice", "{}"), ("issue_refund", '{"invoice_id": "INV-1001", "amount": 49}')], 1.0),
+    ],
+)
 def test_tool_selection(calls, score):
     res = ToolSelectionAccuracy(1.0).evaluate(tool_row(), Output(None if calls else "I refunded it.", calls))
     assert res.score == pytest.approx(score), res.reason
@@ -112,8 +130,10 @@ def test_tool_selection_needs_expected_tool():
 # ---------------------------------------------------------------- JSONValidation
 def test_json_validation_row_schema():
     schema = {"type": "object", "properties": {"refund_eligible": {"type": "boolean"}}, "required": ["refund_eligible"]}
-    r = row(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
-            expected={"criteria": ["true"]})
+    r = row(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        expected={"criteria": ["true"]},
+    )
     jv = JSONValidation(1.0)
     assert jv.evaluate(r, Output('{"refund_eligible": true}')).score == 1.0
     assert jv.evaluate(r, Output('{"refund_eligible": "yes"}')).score == pytest.approx(0.5)
@@ -130,20 +150,29 @@ def test_invalid_output_type_raises():
 
 # ---------------------------------------------------------------- claims
 def test_split_claims_drops_pleasantries_and_questions():
-    text = ("Hi Dana, thanks for reaching out! The duplicate $49 charge was refunded on March 3.\n"
-            "- Refunds take 5-10 business days.\n- Is there anything else I can help with?")
-    assert split_claims(text) == ["The duplicate $49 charge was refunded on March 3.", "Refunds take 5-10 business days."]
+    text = (
+        "Hi Dana, thanks for reaching out! The duplicate $49 charge was refunded on March 3.\n"
+        "- Refunds take 5-10 business days.\n- Is there anything else I can help with?"
+    )
+    assert split_claims(text) == [
+        "The duplicate $49 charge was refunded on March 3.",
+        "Refunds take 5-10 business days.",
+    ]
 
 
 @pytest.mark.parametrize("mode", ["lexical", "embedding"])
 def test_groundedness_and_hallucination(mode):
     r = row(context=[CTX], expected={"criteria": ["refund"]})
     g, h = Groundedness(0.8, mode=mode), HallucinationScore(0.9, mode=mode)
-    good = Output("The duplicate charge of $49.00 was refunded on 2026-03-03. Refunds reach your card in 5-10 business days.")
+    good = Output(
+        "The duplicate charge of $49.00 was refunded on 2026-03-03. Refunds reach your card in 5-10 business days."
+    )
     assert g.evaluate(r, good).score == 1.0
     assert h.evaluate(r, good).score == 1.0
     # one supported claim, one with an invented amount and period: the pitfall of similarity-only checks
-    bad = Output("The duplicate charge of $49.00 was refunded on 2026-03-03. Refunds reach your card in 30 business days.")
+    bad = Output(
+        "The duplicate charge of $49.00 was refunded on 2026-03-03. Refunds reach your card in 30 business days."
+    )
     assert g.evaluate(r, bad).score == pytest.approx(0.5)
     assert h.evaluate(r, bad).score == pytest.approx(0.5)
     # a vague but harmless claim: not grounded, not a hallucination
@@ -207,11 +236,17 @@ def test_build_registry():
 def test_json_answer_claims_are_its_leaf_values():
     from evals.datasets.quillstack import POLICIES
 
-    r = row(context=["Invoice INV-20333 ($490.00) is an annual plan bought 12 days ago.", POLICIES["refund"]],
-            expected={"criteria": ["INV-20333"]})
+    r = row(
+        context=["Invoice INV-20333 ($490.00) is an annual plan bought 12 days ago.", POLICIES["refund"]],
+        expected={"criteria": ["INV-20333"]},
+    )
     g, h = Groundedness(0.8, mode="lexical"), HallucinationScore(0.9, mode="lexical")
-    good = Output('{"invoice_id": "INV-20333", "amount": 490, "refund_eligible": true, "reason": "annual_within_30_days"}')
+    good = Output(
+        '{"invoice_id": "INV-20333", "amount": 490, "refund_eligible": true, "reason": "annual_within_30_days"}'
+    )
     assert g.evaluate(r, good).score == 1.0
-    wrong = Output('{"invoice_id": "INV-20333", "amount": 49, "refund_eligible": true, "reason": "annual_within_30_days"}')
+    wrong = Output(
+        '{"invoice_id": "INV-20333", "amount": 49, "refund_eligible": true, "reason": "annual_within_30_days"}'
+    )
     assert g.evaluate(r, wrong).score == pytest.approx(2 / 3)
     assert h.evaluate(r, wrong).score == pytest.approx(2 / 3)  # an invented amount is a hallucination

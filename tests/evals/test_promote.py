@@ -28,8 +28,19 @@ def test_only_winning_cohorts_move(tmp_path):
     run = write_run(tmp_path / "run")
     prov = write_provenance(tmp_path / "cand")
     out = tmp_path / "new.yaml"
-    r = cg("promote", "--run", str(run), "--candidate", "candidate", "--policy", str(POLICY), "--out", str(out),
-           "--provenance", str(prov))
+    r = cg(
+        "promote",
+        "--run",
+        str(run),
+        "--candidate",
+        "candidate",
+        "--policy",
+        str(POLICY),
+        "--out",
+        str(out),
+        "--provenance",
+        str(prov),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     old = yaml.safe_load(POLICY.read_text())
     new = yaml.safe_load(out.read_text())
@@ -41,8 +52,10 @@ def test_only_winning_cohorts_move(tmp_path):
     # billing_refund was shared with tool_required: split out, before the old route
     br = routes["billing_refund-candidate-canary"]
     assert br["cohorts"] == ["billing_refund"]
-    assert br["targets"] == [{"upstream": "candidate", "weight": 10.0, "arm": "candidate"},
-                             {"upstream": "billing-specialist", "weight": 90.0, "arm": "control"}]
+    assert br["targets"] == [
+        {"upstream": "candidate", "weight": 10.0, "arm": "candidate"},
+        {"upstream": "billing-specialist", "weight": 90.0, "arm": "control"},
+    ]
     assert br["fallback"][0] == "billing-specialist" and "base" in br["fallback"]
     assert br["mirror"] == {"targets": ["candidate"], "percent": 10.0}
     assert br["sticky"] == {"key": "user"}  # settings of the route it came from are kept
@@ -68,11 +81,21 @@ def test_gateway_explain_routes_winners_to_the_canary(tmp_path):
     out = tmp_path / "new.yaml"
     res = promote(run, "candidate", POLICY, None, None, write_provenance(tmp_path / "c"), Gates())
     out.write_text(yaml.safe_dump(res.policy, sort_keys=False))
-    for cohort, route in (("billing_refund", "billing_refund-candidate-canary"), ("tool_required", "billing"),
-                          ("policy_exception", "policy"), ("out_of_domain", "out_of_domain-candidate-canary")):
+    for cohort, route in (
+        ("billing_refund", "billing_refund-candidate-canary"),
+        ("tool_required", "billing"),
+        ("policy_exception", "policy"),
+        ("out_of_domain", "out_of_domain-candidate-canary"),
+    ):
         req = tmp_path / f"{cohort}.json"
-        req.write_text(json.dumps({"body": {"model": "support-assistant", "messages": [{"role": "user", "content": "hi"}]},
-                                   "headers": {"x-cohort": cohort}}))
+        req.write_text(
+            json.dumps(
+                {
+                    "body": {"model": "support-assistant", "messages": [{"role": "user", "content": "hi"}]},
+                    "headers": {"x-cohort": cohort},
+                }
+            )
+        )
         r = cg("policy", "explain", str(out), "--request", str(req), "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         got = json.loads(r.stdout)
@@ -84,16 +107,38 @@ def test_gateway_explain_routes_winners_to_the_canary(tmp_path):
 def test_missing_baseline_refuses(tmp_path):
     run = write_run(tmp_path / "run", drop_model="policy-specialist")
     out = tmp_path / "new.yaml"
-    r = cg("promote", "--run", str(run), "--candidate", "candidate", "--policy", str(POLICY), "--out", str(out),
-           "--provenance", str(write_provenance(tmp_path / "c")))
+    r = cg(
+        "promote",
+        "--run",
+        str(run),
+        "--candidate",
+        "candidate",
+        "--policy",
+        str(POLICY),
+        "--out",
+        str(out),
+        "--provenance",
+        str(write_provenance(tmp_path / "c")),
+    )
     assert r.returncode == 2 and "lacks baseline model(s) policy-specialist" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
 
 
 def test_missing_base_refuses(tmp_path):
     run = write_run(tmp_path / "run", drop_model="base")
-    r = cg("promote", "--run", str(run), "--candidate", "candidate", "--policy", str(POLICY), "--out",
-           str(tmp_path / "n.yaml"), "--provenance", str(write_provenance(tmp_path / "c")))
+    r = cg(
+        "promote",
+        "--run",
+        str(run),
+        "--candidate",
+        "candidate",
+        "--policy",
+        str(POLICY),
+        "--out",
+        str(tmp_path / "n.yaml"),
+        "--provenance",
+        str(write_provenance(tmp_path / "c")),
+    )
     assert r.returncode == 2 and "lacks baseline model(s) base" in r.stderr
 
 
@@ -102,16 +147,39 @@ def test_missing_provenance_refuses(tmp_path):
     out = tmp_path / "new.yaml"
     r = cg("promote", "--run", str(run), "--candidate", "candidate", "--policy", str(POLICY), "--out", str(out))
     assert r.returncode == 2 and "provenance" in r.stderr and not out.exists()
-    r = cg("promote", "--run", str(run), "--candidate", "candidate", "--policy", str(POLICY), "--out", str(out),
-           "--provenance", str(tmp_path / "nowhere" / "provenance.json"))
+    r = cg(
+        "promote",
+        "--run",
+        str(run),
+        "--candidate",
+        "candidate",
+        "--policy",
+        str(POLICY),
+        "--out",
+        str(out),
+        "--provenance",
+        str(tmp_path / "nowhere" / "provenance.json"),
+    )
     assert r.returncode == 2 and "cannot read the candidate's provenance" in r.stderr and not out.exists()
 
 
 def test_sources_must_cover_provenance(tmp_path):
     run = write_run(tmp_path / "run")
-    r = cg("promote", "--run", str(run), "--candidate", "candidate", "--policy", str(POLICY), "--out",
-           str(tmp_path / "n.yaml"), "--provenance", str(write_provenance(tmp_path / "c")),
-           "--sources", "billing-specialist")
+    r = cg(
+        "promote",
+        "--run",
+        str(run),
+        "--candidate",
+        "candidate",
+        "--policy",
+        str(POLICY),
+        "--out",
+        str(tmp_path / "n.yaml"),
+        "--provenance",
+        str(write_provenance(tmp_path / "c")),
+        "--sources",
+        "billing-specialist",
+    )
     assert r.returncode == 2 and "lists 2 input sources but --sources names 1" in r.stderr
 
 
@@ -121,9 +189,21 @@ def test_floors_and_margin_configurable(tmp_path):
     strict = promote(run, "candidate", POLICY, None, None, prov, Gates(floors={"TaskCompletion": 0.96}))
     won = {d.cohort for d in strict.decisions if d.promote}
     assert won == {"out_of_domain"}  # billing TaskCompletion 0.95 < 0.96
-    lax = promote(run, "candidate", POLICY, None, None, prov, Gates(floors={"TaskCompletion": 0.85}, margin=0.10, max_latency_ratio=None))
-    assert {d.cohort for d in lax.decisions if d.promote} == {"billing_refund", "out_of_domain", "policy_exception",
-                                                             "tool_required"}
+    lax = promote(
+        run,
+        "candidate",
+        POLICY,
+        None,
+        None,
+        prov,
+        Gates(floors={"TaskCompletion": 0.85}, margin=0.10, max_latency_ratio=None),
+    )
+    assert {d.cohort for d in lax.decisions if d.promote} == {
+        "billing_refund",
+        "out_of_domain",
+        "policy_exception",
+        "tool_required",
+    }
     none = promote(run, "candidate", POLICY, None, None, prov, Gates(min_rows=31))
     assert not any(d.promote for d in none.decisions)
     assert none.policy == yaml.safe_load(POLICY.read_text())  # nothing won: the policy is unchanged

@@ -39,8 +39,13 @@ def test_report_numbers(tmp_path):
 def test_report_cli_and_html_renders_with_plots(tmp_path):
     chromium = require_tool("chromium")
     run = write_run(tmp_path / "run")
-    r = subprocess.run([COHORTGATE, "eval", "report", str(run), "--candidate", "candidate", "--base", "base"],
-                       capture_output=True, text=True, timeout=120, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [COHORTGATE, "eval", "report", str(run), "--candidate", "candidate", "--base", "base"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr
     assert "minimum retention: 0.91 (TaskCompletion on policy_exception)" in r.stdout
     assert "(all cohorts)" in r.stdout
@@ -49,17 +54,30 @@ def test_report_cli_and_html_renders_with_plots(tmp_path):
     html = (run / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=|<script|<link|@import|url\(""", html)  # self-contained
     assert html.count("<svg") == len(rep["evaluators"]) + 2  # per evaluator + retention + latency
-    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tmp_path / 'chrome'}"]
+    common = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ]
     shot = tmp_path / "report.png"
-    s = subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,2000", f"file://{run / 'report.html'}"],
-                       capture_output=True, timeout=120)
+    s = subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1280,2000", f"file://{run / 'report.html'}"],
+        capture_output=True,
+        timeout=120,
+    )
     assert s.returncode == 0, s.stderr[-2000:]
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000  # a blank page compresses to a few KB
-    dom = subprocess.run([*common, "--dump-dom", f"file://{run / 'report.html'}"], capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = subprocess.run(
+        [*common, "--dump-dom", f"file://{run / 'report.html'}"], capture_output=True, text=True, timeout=120
+    ).stdout
     assert dom.count('class="bar"') >= 4 * 4 * 2  # the browser parsed the SVG bars
     assert 'fill="#dc2626"' in dom  # the minimum retention is highlighted
 
@@ -68,8 +86,9 @@ def test_report_errors(tmp_path):
     r = subprocess.run([COHORTGATE, "eval", "report", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no results.jsonl" in r.stderr and "Traceback" not in r.stderr
     run = write_run(tmp_path / "run")
-    r = subprocess.run([COHORTGATE, "eval", "report", str(run), "--candidate", "nope"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [COHORTGATE, "eval", "report", str(run), "--candidate", "nope"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and "'nope' is not in the run" in r.stderr
 
 
