@@ -56,7 +56,11 @@ def convert_line(obj: Any, where: str, thresholds: dict[str, float]) -> dict[str
     row.setdefault("error", None)
     scores = dict(row["scores"] or {})
     req, out = row.get("request"), row.get("output")
-    if isinstance(req, dict) and isinstance(out, dict) and not row["error"]:
+    if isinstance(req, dict) and row["error"]:  # a failed answer fails every gate that applied
+        for name in applicable(req):
+            th = thresholds.get(name, DEFAULT_INLINE_THRESHOLD)
+            scores.setdefault(name, {"score": 0.0, "passed": False, "reason": "request failed", "threshold": th})
+    elif isinstance(req, dict) and isinstance(out, dict):
         for name in applicable(req):
             if name not in scores:
                 th = thresholds.get(name, DEFAULT_INLINE_THRESHOLD)

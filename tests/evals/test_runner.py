@@ -273,11 +273,15 @@ def test_shadow_sink_import(tmp_path):
             "output": {"content": "It shipped!", "tool_calls": []},
         },
     ]
+    lines.append({**common, "row_id": "req2", "pair_id": "p2", "role": "shadow", "model": "candidate", "scores": {},
+                  "output": None, "error": {"type": "timeout", "message": "shadow timed out"}})
     sink.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"v": 1, "row_')  # torn last line
     out = tmp_path / "run"
     r = cg("eval", "run", "--shadow", str(sink), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    rows = {x["model"]: x for x in read_rows(out / "results.jsonl")}
+    rows = {x["model"]: x for x in read_rows(out / "results.jsonl") if x["row_id"] == "req1"}
+    failed = next(x for x in read_rows(out / "results.jsonl") if x["row_id"] == "req2")
+    assert failed["scores"]["ToolSelectionAccuracy"]["passed"] is False
     assert rows["base"]["scores"]["ToolSelectionAccuracy"]["score"] == 1.0
     assert rows["candidate"]["scores"]["ToolSelectionAccuracy"]["score"] == 0.0
     assert json.loads((out / "run.json").read_text())["kind"] == "shadow"
