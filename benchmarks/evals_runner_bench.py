@@ -53,8 +53,13 @@ def main() -> None:
         tmp = Path(td)
         ds = tmp / "bench.jsonl"
         make_dataset(a.rows, ds)
-        server = subprocess.Popen([sys.executable, "-m", "tests.evals.fake_openai", "--port", str(port)], cwd=ROOT,
-                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tests.evals.fake_openai", "--port", str(port)],
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             for _ in range(200):
                 try:
@@ -62,11 +67,25 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.05)
-            models = [f"--model=m{i}=http://127.0.0.1:{port}/v1:{'good' if i % 2 == 0 else 'bad'}-{i}"
-                      for i in range(a.models)]
-            cmd = [str(ROOT / ".venv" / "bin" / "cohortgate"), "eval", "run", "--dataset", str(ds), *models,
-                   "--out", str(tmp / "run"), "--support", "lexical", "--concurrency", str(a.concurrency),
-                   "--no-progress"]
+            models = [
+                f"--model=m{i}=http://127.0.0.1:{port}/v1:{'good' if i % 2 == 0 else 'bad'}-{i}"
+                for i in range(a.models)
+            ]
+            cmd = [
+                str(ROOT / ".venv" / "bin" / "cohortgate"),
+                "eval",
+                "run",
+                "--dataset",
+                str(ds),
+                *models,
+                "--out",
+                str(tmp / "run"),
+                "--support",
+                "lexical",
+                "--concurrency",
+                str(a.concurrency),
+                "--no-progress",
+            ]
             t0 = time.perf_counter()
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
             elapsed = time.perf_counter() - t0
@@ -77,11 +96,23 @@ def main() -> None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(10)
     pairs = a.rows * a.models
-    result = {"benchmark": "evals_runner", "rows": a.rows, "models": a.models, "pairs": pairs, "written": written,
-              "concurrency": a.concurrency, "evaluators": "TaskCompletion, Groundedness+HallucinationScore (lexical), "
-              "JSONValidation, ToolSelectionAccuracy", "elapsed_s": round(elapsed, 2),
-              "pairs_per_s": round(pairs / elapsed, 1), "target_s": 120, "pass": elapsed < 120 and written == pairs,
-              "cpus": os.cpu_count(), "python": platform.python_version(), "runner_summary": r.stdout.strip()}
+    result = {
+        "benchmark": "evals_runner",
+        "rows": a.rows,
+        "models": a.models,
+        "pairs": pairs,
+        "written": written,
+        "concurrency": a.concurrency,
+        "evaluators": "TaskCompletion, Groundedness+HallucinationScore (lexical), "
+        "JSONValidation, ToolSelectionAccuracy",
+        "elapsed_s": round(elapsed, 2),
+        "pairs_per_s": round(pairs / elapsed, 1),
+        "target_s": 120,
+        "pass": elapsed < 120 and written == pairs,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "runner_summary": r.stdout.strip(),
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -96,3 +96,25 @@ def test_write_report_roundtrip(tmp_path):
     run = write_run(tmp_path / "run")
     jp, hp = write_report(build_report(run), tmp_path / "out")
     assert json.loads(jp.read_text())["retention"] is None and hp.exists()
+
+
+def test_report_reads_a_bare_run_jsonl(tmp_path):
+    run = write_run(tmp_path / "run")
+    sink = tmp_path / "sink.jsonl"
+    sink.write_bytes((run / "results.jsonl").read_bytes())
+    r = subprocess.run(
+        [COHORTGATE, "eval", "report", str(sink), "--quiet", "--out", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((tmp_path / "rep" / "report.json").read_text())["cells"]) == 16
+
+
+def test_cli_module_imports_no_numpy_or_torch():
+    code = "import sys, evals.cli; print([m for m in ('numpy', 'torch') if m in sys.modules])"
+    out = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -273,8 +273,18 @@ def test_shadow_sink_import(tmp_path):
             "output": {"content": "It shipped!", "tool_calls": []},
         },
     ]
-    lines.append({**common, "row_id": "req2", "pair_id": "p2", "role": "shadow", "model": "candidate", "scores": {},
-                  "output": None, "error": {"type": "timeout", "message": "shadow timed out"}})
+    lines.append(
+        {
+            **common,
+            "row_id": "req2",
+            "pair_id": "p2",
+            "role": "shadow",
+            "model": "candidate",
+            "scores": {},
+            "output": None,
+            "error": {"type": "timeout", "message": "shadow timed out"},
+        }
+    )
     sink.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"v": 1, "row_')  # torn last line
     out = tmp_path / "run"
     r = cg("eval", "run", "--shadow", str(sink), "--out", str(out))
