@@ -19,7 +19,7 @@ eval_command = typer.Typer(
 
 @eval_command.callback()
 def _group() -> None:
-    """Run per-cohort evaluations (`run`) and write reports (`report`)."""
+    """Run per-cohort evaluations (`run`), write reports (`report`), check datasets (`validate`)."""
 
 
 def _fail(msg: str, code: int = 2) -> NoReturn:
@@ -219,3 +219,25 @@ def promote_cmd(
         if r.returncode != 0:
             _fail(f"the written policy {written} does not pass `cohortgate policy check`:\n{r.stdout}{r.stderr}", 1)
     typer.echo(f"wrote {written} and {md}")
+
+
+@eval_command.command("validate")
+def validate_cmd(
+    dataset: Annotated[Path, typer.Argument(help="cohort dataset JSONL")],
+) -> None:
+    """Check a dataset without running it: every problem with its line, else rows per cohort and evaluator."""
+    from collections import Counter
+
+    from evals.dataset import DatasetError, load_dataset
+    from evals.evaluators import build
+
+    try:
+        rows = load_dataset(dataset)
+    except DatasetError as exc:
+        _fail(str(exc))
+    evs = build(support="lexical")
+    per = Counter(r.cohort for r in rows)
+    for cohort in sorted(per):
+        cov = ", ".join(f"{e.name} {sum(1 for r in rows if r.cohort == cohort and e.applies(r))}" for e in evs)
+        typer.echo(f"{cohort}: {per[cohort]} rows ({cov})")
+    typer.echo(f"ok: {len(rows)} rows in {dataset}")

@@ -93,3 +93,16 @@ def test_example_dataset_covers_cohorts_and_evaluators():
     evs = build(support="lexical")
     used = {e.name for e in evs for r in rows if e.applies(r)}
     assert used == set(REGISTRY)
+
+
+def test_validate_command(tmp_path):
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    cg = str(ROOT / ".venv" / "bin" / "cohortgate")
+    r = subprocess.run([cg, "eval", "validate", str(EXAMPLE)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "tool_required: 42 rows" in r.stdout and "ok: 173 rows" in r.stdout
+    bad = write(tmp_path, [GOOD, {**GOOD, "cohort": "no spaces allowed"}])
+    r = subprocess.run([cg, "eval", "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"{bad}:2: cohort:" in r.stderr and "Traceback" not in r.stderr
