@@ -131,7 +131,7 @@ def make_app(state: AppState, *, watch_policy: bool = True, extra_setup: Any = N
         if watch_policy and state.policy_path:
             from gateway.reload import watch
 
-            state.spawn(watch(state, semantic_factory=getattr(state, "semantic_factory", None)))
+            state.spawn(watch(state, semantic_factory=state.semantic_factory))
 
     async def on_cleanup(app: web.Application) -> None:
         await state.close()

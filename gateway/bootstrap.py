@@ -10,6 +10,7 @@ from gateway.gates import Gates
 from gateway.mirror import Mirror
 from gateway.policy.loader import load_policy
 from gateway.runtime import build_runtime
+from gateway.semantic import build_semantic
 from gateway.state import AppState
 from gateway.tracing import Tracing
 
@@ -18,8 +19,9 @@ log = logging.getLogger("cohortgate")
 
 def create_state(policy_path: str) -> AppState:
     policy = load_policy(policy_path)
-    runtime = build_runtime(policy, policy_path)
+    runtime = build_runtime(policy, policy_path, semantic=build_semantic(policy))
     state = AppState(runtime, policy_path)
+    state.semantic_factory = build_semantic
     state.gates = Gates()
     state.circuits = Circuits(state.metrics)
     state.feedback = FeedbackStore(state.metrics, policy.server.feedback_ttl_s)

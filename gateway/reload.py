@@ -36,7 +36,8 @@ async def reload_policy(state: AppState, semantic_factory: Any = None) -> bool:
     loop = asyncio.get_running_loop()
     try:
         policy = await loop.run_in_executor(None, load_policy, path)
-        semantic = semantic_factory(policy) if semantic_factory is not None else None
+        semantic = (await loop.run_in_executor(None, semantic_factory, policy)
+                    if semantic_factory is not None else None)
         new = build_runtime(policy, path, state.runtime, semantic)
         for c in new.new_clients:
             await c.start()
@@ -44,7 +45,7 @@ async def reload_policy(state: AppState, semantic_factory: Any = None) -> bool:
         state.metrics.reloads.inc(("rejected",))
         log.error("policy reload rejected; the previous policy keeps serving.\n%s", exc)
         return False
-    except Exception as exc:
+    except Exception as exc:  # e.g. a semantic classifier that cannot be built from the new examples
         state.metrics.reloads.inc(("rejected",))
         log.error("policy reload failed (%s: %s); the previous policy keeps serving.", type(exc).__name__, exc)
         return False

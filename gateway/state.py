@@ -36,6 +36,7 @@ class AppState:
         self.gates: Any = None
         self.circuits: Any = None
         self.feedback: Any = None
+        self.semantic_factory: Any = None  # policy -> semantic classifier (rebuilt on reload)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ request hooks

