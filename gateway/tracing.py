@@ -439,13 +439,24 @@ class _AttemptSpan:
         rec = self.rec
         if exc is not None:
             outcome = str(getattr(exc, "reason", None) or type(exc).__name__)
-            status = getattr(exc, "status", None)
+            status = _upstream_status(exc)
         elif rec.outcome in ("ok", "client_closed"):
             outcome, status = "ok", None
         else:  # a committed stream that failed after its first event
             outcome, status = rec.error_type or rec.outcome, None
         data.build = _AttemptBuild(self, outcome, status if isinstance(status, int) else None)
         self.t.exporter.submit(data)
+
+
+def _upstream_status(exc: BaseException) -> int | None:
+    """The HTTP status the upstream answered, when it answered (not a timeout or reset)."""
+    status = getattr(exc, "upstream_status", None)
+    if isinstance(status, int):
+        return status
+    code = getattr(exc, "code", None)  # UpstreamUnavailable carries "upstream_<status>"
+    if isinstance(code, str) and code.startswith("upstream_") and code[9:].isdigit():
+        return int(code[9:])
+    return None
 
 
 class _AttemptBuild:

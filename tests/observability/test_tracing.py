@@ -1,0 +1,263 @@
+"""Spans reach a real OTLP/HTTP receiver over the network with the GenAI / OpenInference /
+cohortgate attribute names and values; W3C traceparent is continued and propagated upstream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.bootstrap import create_state
+from tests.gateway.conftest import policy
+from tests.observability.otlp_receiver import OTLPReceiver
+
+ROUTES = """
+- id: billing
+  cohorts: [billing]
+  targets: [{upstream: a, weight: 1, arm: candidate}]
+  fallback: [b]
+- id: rest
+  cohorts: ["*"]
+  targets: [{upstream: a}]
+  fallback: [b]
+"""
+COHORTS = """
+- name: billing
+  rules: [{keywords: [refund]}]
+"""
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def chat(g: Any, content: str = "hello there", **kw: Any) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], **kw.pop("body", {})}
+    return httpx.post(g.base_url + "/chat/completions", json=body, timeout=15, **kw)
+
+
+def spans_of(r: OTLPReceiver, request_id: str, n_client: int, timeout: float = 15.0) -> tuple[dict, list[dict]]:
+    """The SERVER span of request_id and its CLIENT children (waits until n_client arrived)."""
+
+    def find(spans: list[dict]) -> tuple[dict | None, list[dict]]:
+        root = next((s for s in spans if s["kind"] == "SERVER"
+                     and s["attributes"].get("cohortgate.request_id") == request_id), None)
+        kids = [s for s in spans if root and s["kind"] == "CLIENT" and s["parent_span_id"] == root["span_id"]]
+        return root, sorted(kids, key=lambda s: s["attributes"]["cohortgate.attempt"])
+
+    spans = r.wait_for(lambda sp: (lambda f: f[0] is not None and len(f[1]) >= n_client)(find(sp)), timeout)
+    root, kids = find(spans)
+    assert root is not None, f"no SERVER span for {request_id} among {[s['name'] for s in spans]}"
+    assert len(kids) == n_client, kids
+    return root, kids
+
+
+def test_plain_request_span_attributes(otlp, fake, gateway):
+    a, b = fake("a"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    r = chat(g, "I want a refund please", body={"temperature": 0.3, "max_tokens": 50, "top_p": 0.9, "seed": 7,
+                                                 "stop": ["END"]})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    root, (att,) = spans_of(otlp, r.headers["x-request-id"], 1)
+    ra = root["attributes"]
+    assert root["name"] == "chat m"
+    assert root["resource"]["service.name"] == "cohortgate-test"
+    expected = {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "vllm", "gen_ai.request.model": "m",
+        "gen_ai.response.model": "a-served", "gen_ai.request.temperature": 0.3, "gen_ai.request.max_tokens": 50,
+        "gen_ai.request.top_p": 0.9, "gen_ai.request.seed": 7, "gen_ai.request.stop_sequences": ["END"],
+        "gen_ai.request.stream": False,
+        "gen_ai.usage.input_tokens": usage["prompt_tokens"], "gen_ai.usage.output_tokens": usage["completion_tokens"],
+        "gen_ai.response.finish_reasons": ["stop"], "server.address": "127.0.0.1", "server.port": a.port,
+        "llm.token_count.prompt": usage["prompt_tokens"], "llm.token_count.completion": usage["completion_tokens"],
+        "llm.token_count.total": usage["total_tokens"], "llm.model_name": "a-served",
+        "openinference.span.kind": "LLM", "http.response.status_code": 200,
+        "cohortgate.cohort": "billing", "cohortgate.route": "billing", "cohortgate.target": "a",
+        "cohortgate.target.model": "a-served", "cohortgate.canary_arm": "candidate", "cohortgate.attempts": 1,
+        "cohortgate.mirror": False, "cohortgate.outcome": "ok",
+    }
+    assert {k: ra.get(k) for k in expected} == expected
+    assert "refund" in ra["cohortgate.cohort.reason"]
+    assert "error.type" not in ra and root["status"]["code"] == 0
+    assert "gen_ai.input.messages" not in ra and "gen_ai.output.messages" not in ra  # content is opt-in
+    # the attempt: a CLIENT child named after the served model, same trace
+    assert att["name"] == "chat a-served" and att["trace_id"] == root["trace_id"]
+    aa = att["attributes"]
+    assert aa["cohortgate.attempt"] == 1 and aa["cohortgate.attempt.outcome"] == "ok"
+    assert aa["gen_ai.request.model"] == "a-served" and aa["gen_ai.provider.name"] == "vllm"
+    assert aa["server.address"] == "127.0.0.1" and aa["server.port"] == a.port
+    assert aa["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert root["start_ns"] <= att["start_ns"] <= att["end_ns"] <= root["end_ns"]
+    # a fresh trace (no incoming traceparent), propagated to the upstream with the attempt as parent
+    assert root["parent_span_id"] == ""
+    tp = a.seen()[-1]["headers"]["traceparent"]
+    assert tp == f"00-{root['trace_id']}-{att['span_id']}-01"
+
+
+def test_traceparent_is_continued_and_propagated(otlp, fake, gateway):
+    a, b = fake("a"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    r = chat(g, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "vendor=1"})
+    assert r.status_code == 200
+    root, (att,) = spans_of(otlp, r.headers["x-request-id"], 1)
+    assert root["trace_id"] == TRACE_ID and root["parent_span_id"] == PARENT_ID
+    hdrs = a.seen()[-1]["headers"]
+    version, trace_id, parent, flags = hdrs["traceparent"].split("-")
+    assert (version, trace_id, parent, flags) == ("00", TRACE_ID, att["span_id"], "01")
+    assert hdrs["tracestate"] == "vendor=1"
+
+
+def test_unsampled_parent_is_propagated_but_not_recorded(otlp, fake, gateway):
+    a, b = fake("a"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    r = chat(g, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})
+    assert r.status_code == 200
+    assert a.seen()[-1]["headers"]["traceparent"].startswith(f"00-{TRACE_ID}-")
+    assert a.seen()[-1]["headers"]["traceparent"].endswith("-00")
+    r2 = chat(g)  # a sampled one afterwards, to know the exporter has run
+    spans_of(otlp, r2.headers["x-request-id"], 1)
+    assert not [s for s in otlp.snapshot() if s["trace_id"] == TRACE_ID]
+
+
+def test_streamed_request_counts_tokens_from_include_usage(otlp, fake, gateway):
+    a, b = fake("a"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    usage = None
+    with httpx.stream("POST", g.base_url + "/chat/completions", timeout=15,
+                      json={"model": "m", "stream": True, "stream_options": {"include_usage": True},
+                            "messages": [{"role": "user", "content": "stream me some words please"}]}) as r:
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"usage"' in line:
+                u = orjson.loads(line[6:]).get("usage")
+                usage = u or usage
+    assert usage and usage["completion_tokens"] > 0
+    # the gateway asked the upstream for usage itself
+    assert a.seen()[-1]["body"]["stream_options"]["include_usage"] is True
+    root, (att,) = spans_of(otlp, rid, 1)
+    ra = root["attributes"]
+    assert ra["gen_ai.request.stream"] is True
+    assert ra["gen_ai.usage.input_tokens"] == ra["llm.token_count.prompt"] == usage["prompt_tokens"]
+    assert ra["gen_ai.usage.output_tokens"] == ra["llm.token_count.completion"] == usage["completion_tokens"]
+    assert ra["gen_ai.response.finish_reasons"] == ["stop"]
+    assert 0 < ra["gen_ai.response.time_to_first_chunk"] < 15
+    # the attempt span covers the whole relayed stream and carries its usage
+    aa = att["attributes"]
+    assert aa["gen_ai.usage.output_tokens"] == usage["completion_tokens"] and aa["cohortgate.attempt.outcome"] == "ok"
+
+
+def test_stream_without_client_usage_still_counts_tokens(otlp, fake, gateway):
+    a, b = fake("a"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    with httpx.stream("POST", g.base_url + "/chat/completions", timeout=15,
+                      json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "one two"}]}) as r:
+        rid = r.headers["x-request-id"]
+        body = b"".join(r.iter_bytes())
+    assert b'"usage"' not in body  # the client did not ask: the injected usage event is stripped...
+    root, _ = spans_of(otlp, rid, 1)
+    assert root["attributes"]["gen_ai.usage.output_tokens"] > 0  # ...but the span has the counts
+
+
+def test_fallback_spans(otlp, fake, gateway):
+    a, b = fake("a", "503"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    r = chat(g)
+    assert r.status_code == 200 and r.headers["x-upstream"] == "b"
+    root, (first, second) = spans_of(otlp, r.headers["x-request-id"], 2)
+    ra = root["attributes"]
+    assert ra["cohortgate.attempts"] == 2 and ra["cohortgate.target"] == "b"
+    assert ra["cohortgate.fallback.reason"] == r.headers["x-fallback-reason"]
+    assert ra["gen_ai.response.model"] == "b-served" and ra["server.port"] == b.port
+    assert ra["cohortgate.canary_arm"] == "fallback"
+    fa = first["attributes"]
+    assert first["name"] == "chat a-served" and fa["cohortgate.attempt"] == 1
+    assert fa["error.type"] == fa["cohortgate.attempt.outcome"] == ra["cohortgate.fallback.reason"]
+    assert fa["http.response.status_code"] == 503 and first["status"]["code"] == 2
+    sa = second["attributes"]
+    assert second["name"] == "chat b-served" and sa["cohortgate.attempt"] == 2
+    assert sa["cohortgate.attempt.outcome"] == "ok" and second["status"]["code"] == 0
+    # each attempt's upstream saw its own span as parent, in the request's trace
+    assert a.seen()[-1]["headers"]["traceparent"] == f"00-{root['trace_id']}-{first['span_id']}-01"
+    assert b.seen()[-1]["headers"]["traceparent"] == f"00-{root['trace_id']}-{second['span_id']}-01"
+
+
+def test_eval_gate_failure_is_an_evaluation_event(otlp, fake, gateway):
+    a, b = fake("a", "bad_json"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    r = chat(g, body={"response_format": {"type": "json_object"}})
+    assert r.status_code == 200 and r.headers["x-upstream"] == "b"
+    root, (first, _second) = spans_of(otlp, r.headers["x-request-id"], 2)
+    assert root["attributes"]["cohortgate.fallback.reason"] == "eval_failed"
+    assert first["attributes"]["error.type"] == "eval_failed"
+    events = [e["attributes"] for e in root["events"] if e["name"] == "gen_ai.evaluation.result"]
+    by_up = {e["cohortgate.upstream"]: e for e in events}
+    assert by_up["a"]["gen_ai.evaluation.name"] == "JSONValidation"
+    assert by_up["a"]["gen_ai.evaluation.score.label"] == "fail"
+    assert by_up["a"]["gen_ai.evaluation.score.value"] < 1.0
+    assert by_up["b"]["gen_ai.evaluation.score.label"] == "pass"
+
+
+def test_error_request_has_error_type(otlp, fake, gateway):
+    a, b = fake("a", "503"), fake("b", "503")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    r = chat(g)
+    assert r.status_code >= 500
+    root, kids = spans_of(otlp, r.headers["x-request-id"], 2)
+    assert root["attributes"]["error.type"] and root["status"]["code"] == 2
+    assert root["attributes"]["http.response.status_code"] == r.status_code
+    assert all(k["status"]["code"] == 2 for k in kids)
+
+
+MIRROR_ROUTES = """
+- id: rest
+  cohorts: ["*"]
+  targets: [{upstream: a}]
+  mirror: {targets: [s], percent: 100}
+"""
+
+
+def test_mirrored_request_shadow_span_links_to_primary(otlp, fake, gateway):
+    a, s = fake("a"), fake("s")
+    g = gateway(policy({"a": a.url, "s": s.url}, MIRROR_ROUTES))
+    r = chat(g, "mirror this one")
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    root, _ = spans_of(otlp, rid, 1)
+    assert root["attributes"]["cohortgate.mirror"] is True
+    spans = otlp.wait_for(lambda sp: any(x["attributes"].get("cohortgate.shadow.pair_id") == rid for x in sp))
+    shadow = next(x for x in spans if x["attributes"].get("cohortgate.shadow.pair_id") == rid)
+    sa = shadow["attributes"]
+    assert shadow["kind"] == "CLIENT" and shadow["name"] == "chat s-served"
+    assert sa["cohortgate.shadow.role"] == "shadow" and sa["cohortgate.target"] == "s"
+    assert sa["gen_ai.provider.name"] == "vllm" and sa["server.port"] == s.port
+    assert shadow["trace_id"] != root["trace_id"] and shadow["parent_span_id"] == ""
+    assert shadow["links"] == [{"trace_id": root["trace_id"], "span_id": root["span_id"],
+                                "attributes": {"cohortgate.link": "primary"}}]
+
+
+def test_off_without_otlp_configuration(tmp_path, monkeypatch, fake):
+    a = fake("a")
+    path = tmp_path / "p.yaml"
+    path.write_text(policy({"a": a.url}, "- id: r\n  cohorts: ['*']\n  targets: [{upstream: a}]\n"))
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    assert create_state(str(path)).tracing is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert create_state(str(path)).tracing is None
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_content_recorded_only_when_policy_opts_in(otlp, fake, gateway, content):
+    a, s = fake("a"), fake("s")
+    extra = f"telemetry: {{record_content: {'true' if content else 'false'}}}\n"
+    g = gateway(policy({"a": a.url, "s": s.url}, MIRROR_ROUTES, extra=extra))
+    r = chat(g, "secret words")
+    root, _ = spans_of(otlp, r.headers["x-request-id"], 1)
+    ra = root["attributes"]
+    if content:
+        assert orjson.loads(ra["gen_ai.output.messages"])[0]["content"] == r.json()["choices"][0]["message"]["content"]
+    else:
+        assert not any(k in ra for k in ("gen_ai.input.messages", "gen_ai.output.messages", "output.value"))
