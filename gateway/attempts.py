@@ -36,6 +36,8 @@ async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,
                        circuit_allows: CircuitCheck | None = None) -> T:
     """Call `attempt(client, record)` along the chain until one returns. Raises the last error."""
     clients = healthy_chain(rt, plan)
+    if plan.route.circuit is None:
+        circuit_allows = None  # no breaker on this route: skip the per-attempt check
     budget = plan.route.retry.max_attempts
     retry_after_max = plan.route.retry.retry_after_max_s
     last: GatewayError | None = None
