@@ -159,8 +159,9 @@ class Metrics:
                               ("cohort", "route", "error_type"))
         self.fallbacks = Counter("cohortgate_fallbacks", "Moves to the next target, by reason.",
                                  ("cohort", "route", "from_model", "reason"))
+        # cohort: the denominator of a cohort's fallback-trigger rate per model (rollout dashboard)
         self.attempts = Counter("cohortgate_upstream_attempts", "Upstream attempts by outcome.",
-                                ("upstream", "outcome"))
+                                ("cohort", "upstream", "outcome"))
         self.evals = Counter("cohortgate_evals", "Inline evaluator results.", ("evaluator", "cohort", "model",
                                                                                 "result"))
         self.mirror = Counter("cohortgate_mirror", "Mirrored (shadow) requests by result.",
@@ -200,7 +201,7 @@ class Metrics:
         if rec.error_type is not None:
             self.errors.inc((cohort, route, rec.error_type))
         for a in rec.attempts:
-            self.attempts.inc((a.upstream, a.outcome))
+            self.attempts.inc((cohort, a.upstream, a.outcome))
             if a.reason and a.reason != "rate_limited_retry":
                 self.fallbacks.inc((cohort, route, a.upstream, a.reason))
         for name, _score, passed, upstream in rec.evals:
