@@ -100,13 +100,17 @@ def load_lora(path: Path) -> LoraAdapter:
     cfg = json.loads(cfg_file.read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ConfigError(f"{path}: peft_type {cfg.get('peft_type')!r} is not LoRA")
-    if cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ConfigError(f"{path}: DoRA / per-module rank or alpha patterns are not supported")
+    if cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("fan_in_fan_out"):
+        raise ConfigError(f"{path}: DoRA, fan_in_fan_out and per-module rank/alpha patterns are not supported")
     files = ModelFiles(path)
     r = int(cfg["r"])
     alpha = float(cfg.get("lora_alpha", r))
     scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
     targets: dict[str, tuple[str, str]] = {}
+    other = [n for n in files.tensors if ".lora_A." not in n and ".lora_B." not in n]
+    if other:
+        raise ConfigError(f"{path}: adapter tensors other than lora_A/lora_B (e.g. modules_to_save, LoRA on "
+                          f"embeddings) are not supported: {other[:3]}")
     for name in files.tensors:
         if ".lora_A." in name:
             b_name = name.replace(".lora_A.", ".lora_B.")
