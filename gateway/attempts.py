@@ -27,8 +27,11 @@ CircuitCheck = Callable[[Route, str, str], bool]  # (route, cohort, upstream) ->
 
 
 def healthy_chain(rt: Runtime, plan: Plan) -> list[UpstreamClient]:
+    chain = rt.chains.get(plan.chain)
+    if chain is None:
+        chain = rt.chains[plan.chain] = tuple(rt.upstreams[n] for n in plan.chain)
     now = time.monotonic()
-    return [c for c in (rt.upstreams[n] for n in plan.chain) if c.health.healthy(now)]
+    return [c for c in chain if c.health.healthy(now)]
 
 
 async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,

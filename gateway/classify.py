@@ -32,7 +32,8 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     cohort: str
-    label: str
+    label: str  # short, header-safe: "rule billing_refund#1 (keywords)"
+    detail: str  # every condition spelled out, for `policy explain`
     checks: tuple[Check, ...]
 
     def matches(self, req: ClientRequest) -> bool:
@@ -62,7 +63,7 @@ def _compile_rule(rule: Rule) -> tuple[tuple[Check, ...], list[str]]:
     label: list[str] = []
     if rule.header is not None:
         checks.append(_header_check(rule.header))
-        label.append(f"header {rule.header.name}")
+        label.append(f"header {rule.header.name}={rule.header.equals or rule.header.one_of or rule.header.regex}")
     if rule.api_key is not None:
         keys = frozenset(rule.api_key)
         checks.append(lambda r: r.key_name in keys)
@@ -127,10 +128,10 @@ class Classifier:
             self.rules.extend(_compile_cohort(cohort))
         self.semantic = semantic
 
-    def classify(self, req: ClientRequest) -> Decision:
+    def classify(self, req: ClientRequest, detailed: bool = False) -> Decision:
         for rule in self.rules:
             if rule.matches(req):
-                return Decision(rule.cohort, rule.label)
+                return Decision(rule.cohort, rule.detail if detailed else rule.label)
         if self.semantic is not None:
             text = req.last_user_text
             if text:
@@ -144,5 +145,7 @@ def _compile_cohort(cohort: Cohort) -> list[CompiledRule]:
     out = []
     for i, rule in enumerate(cohort.rules):
         checks, label = _compile_rule(rule)
-        out.append(CompiledRule(cohort.name, f"rule {cohort.name}#{i}: " + ", ".join(label), checks))
+        kinds = ",".join(k for k in type(rule).model_fields if getattr(rule, k) is not None)
+        short = f"rule {cohort.name}#{i} ({kinds})".encode("ascii", "replace").decode()
+        out.append(CompiledRule(cohort.name, short, f"rule {cohort.name}#{i}: " + ", ".join(label), checks))
     return out

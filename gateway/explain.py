@@ -70,7 +70,7 @@ def explain(policy: Policy, sample: dict[str, Any], semantic: SemanticLike | Non
         raise GatewayError(f"model {alias!r} is not an alias in this policy ({', '.join(sorted(aliases))})")
     creq = ClientRequest(path=path[3:], operation=op, body=body, headers=CIMultiDictProxy(h), key_name=caller.name,
                          alias=str(alias), stream=bool(body.get("stream")))
-    decision = Classifier(policy, semantic).classify(creq)
+    decision = Classifier(policy, semantic).classify(creq, detailed=True)
     plan = RouteTable(policy).plan(decision.cohort, creq.alias, creq)
     return Explanation(
         cohort=decision.cohort, reason=decision.reason, confidence=decision.confidence, route=plan.route.id,

@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -28,8 +27,7 @@ SIGNALS = ("thumbs_up", "thumbs_down", "escalation", "reopened")
 MAX_ENTRIES = 200_000
 
 
-@dataclass(frozen=True, slots=True)
-class Served:
+class Served(NamedTuple):
     cohort: str
     route: str
     model: str

@@ -9,9 +9,10 @@ to the observers once, after the response is complete, off the response's critic
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -35,18 +36,23 @@ _PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed"
            "presence_penalty", "stop")
 
 
+# Request ids: a random per-process prefix plus a counter; unique without a syscall per request.
+_ID_PREFIX = "req_" + os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id(request: web.Request) -> str:
     rid = request.headers.get("x-request-id")
-    if rid and len(rid) <= 128 and rid.isascii():
+    if rid and len(rid) <= 128 and rid.isascii() and rid.isprintable():
         return rid
-    return "req_" + uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
 def response_headers(rec: RequestRecord) -> dict[str, str]:
     h = {"x-request-id": rec.request_id}
     if rec.cohort:
         h["x-cohort"] = rec.cohort
-        h["x-cohort-reason"] = _ascii(rec.cohort_reason)[:200]
+        h["x-cohort-reason"] = rec.cohort_reason if rec.cohort_reason.isascii() else _ascii(rec.cohort_reason)
         if rec.cohort_confidence is not None:
             h["x-cohort-confidence"] = f"{rec.cohort_confidence:.3f}"
     if rec.route_id:
@@ -78,7 +84,8 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         creq = build_request(request, path, operation, body, caller, rt.aliases)
         rec.alias = creq.alias
         rec.stream = creq.stream
-        rec.request_params = {k: body[k] for k in _PARAMS if k in body}
+        if state.tracing is not None:
+            rec.request_params = {k: body[k] for k in _PARAMS if k in body}
         decision = rt.classifier.classify(creq)
         rec.cohort, rec.cohort_reason, rec.cohort_confidence = decision.cohort, decision.reason, decision.confidence
         if not caller.may_use_cohort(decision.cohort):
@@ -92,9 +99,10 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
             return await _stream(state, rt, request, plan, creq, rec)
         resp = await _complete(state, rt, plan, creq, rec)
         rec.status = 200
-        return web.Response(body=resp.raw, status=200, headers={**response_headers(rec),
-                            "content-type": "application/json",
-                            "x-gateway-overhead-ms": f"{_overhead_ms(rec):.3f}"})
+        headers = response_headers(rec)
+        headers["content-type"] = "application/json"
+        headers["x-gateway-overhead-ms"] = f"{_overhead_ms(rec):.3f}"
+        return web.Response(body=resp.raw, status=200, headers=headers)
     except GatewayError as err:
         return _error_response(rec, err)
     except Exception:

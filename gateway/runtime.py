@@ -40,6 +40,7 @@ class Runtime:
     new_clients: list[UpstreamClient] = field(default_factory=list)
     dropped_clients: list[UpstreamClient] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)  # per-snapshot state owned by optional features
+    chains: dict[tuple[str, ...], tuple[UpstreamClient, ...]] = field(default_factory=dict)  # resolved chains
 
 
 def build_runtime(policy: Policy, source: str, previous: Runtime | None = None,
