@@ -38,7 +38,7 @@ class Counter:
 
     def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
         self.name, self.doc, self.labelnames = name, doc, tuple(labels)
-        self.values: dict[tuple[str, ...], float] = {}
+        self.values: dict[tuple[str, ...], list[float]] = {}  # one-element lists: cells callers may keep
         self._mp: Any = None
         self._mp_children: dict[tuple[str, ...], Any] = {}
         if _multiproc():
@@ -46,21 +46,31 @@ class Counter:
 
             self._mp = prometheus_client.Counter(name, doc, self.labelnames, registry=None)
 
+    def cell(self, labels: tuple[str, ...]) -> list[float]:
+        c = self.values.get(labels)
+        if c is None:
+            c = self.values[labels] = [0.0]
+        return c
+
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
         if self._mp is not None:
             child = self._mp_children.get(labels)
             if child is None:
                 child = self._mp_children[labels] = self._mp.labels(*labels)
             child.inc(amount)
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        c = self.values.get(labels)
+        if c is None:
+            c = self.values[labels] = [0.0]
+        c[0] += amount
 
     def value(self, labels: tuple[str, ...]) -> float:
-        return self.values.get(labels, 0.0)
+        c = self.values.get(labels)
+        return c[0] if c is not None else 0.0
 
     def collect(self) -> Iterator[Any]:
         fam = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
         for labels, v in self.values.items():
-            fam.add_metric(labels, v)
+            fam.add_metric(labels, v[0])
         yield fam
 
 
@@ -81,12 +91,12 @@ class Gauge(Counter):
     def set(self, labels: tuple[str, ...], value: float) -> None:
         if self._mp is not None:
             self._mp.labels(*labels).set(value)
-        self.values[labels] = value
+        self.values[labels] = [value]
 
     def collect(self) -> Iterator[Any]:
         fam = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
         for labels, v in self.values.items():
-            fam.add_metric(labels, v)
+            fam.add_metric(labels, v[0])
         yield fam
 
 
@@ -103,6 +113,12 @@ class Histogram:
             import prometheus_client
 
             self._mp = prometheus_client.Histogram(name, doc, self.labelnames, buckets=self.bounds, registry=None)
+
+    def series_for(self, labels: tuple[str, ...]) -> list[float]:
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = [0.0] * (len(self.bounds) + 2)
+        return s
 
     def observe(self, labels: tuple[str, ...], v: float) -> None:
         if self._mp is not None:
@@ -172,10 +188,27 @@ class Metrics:
         self.circuit = Gauge("cohortgate_circuit_open", "1 when the cohort's circuit to the upstream is open "
                              "(0.5 half-open).", ("cohort", "upstream"))
         self.all: list[Any] = [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
+        self._mp = _multiproc()
+        self._bundles: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        self._attempt_cells: dict[tuple[str, str], list[float]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self.all))
 
+    def _bundle(self, key: tuple[str, str, str], outcome: str) -> tuple[Any, ...]:
+        full = key + (outcome,)
+        b = self._bundles.get(full)
+        if b is None:
+            b = self._bundles[full] = (self.requests.cell(full), self.duration.series_for(full),
+                                       self.tokens.cell(key + ("input",)), self.tokens.cell(key + ("output",)),
+                                       self.tokens_per_request.series_for(key),
+                                       self.overhead.series_for((key[1],)))
+        return b
+
     def record(self, rec: RequestRecord) -> None:
+        if not self._mp and rec.error_type is None and len(rec.attempts) == 1 and rec.ttft_s is None \
+                and not rec.evals:
+            self._record_plain(rec)
+            return
         model = rec.served_by or "none"
         cohort = rec.cohort or "unclassified"
         route = rec.route_id or "none"
@@ -206,6 +239,31 @@ class Metrics:
                 self.fallbacks.inc((cohort, route, a.upstream, a.reason))
         for name, _score, passed, upstream in rec.evals:
             self.evals.inc((name, cohort, upstream, "pass" if passed else "fail"))
+
+    def _record_plain(self, rec: RequestRecord) -> None:
+        """The common case (one attempt, not streamed, no error, no evals) in a few list updates."""
+        elapsed = rec.elapsed()
+        req, dur, tin_c, tout_c, tpr, ovh = self._bundle((rec.cohort or "unclassified", rec.route_id or "none",
+                                                          rec.served_by or "none"), rec.outcome)
+        req[0] += 1
+        dur[bisect.bisect_left(self.duration.bounds, elapsed)] += 1
+        dur[-1] += elapsed
+        a = rec.attempts[0]
+        if not rec.stream:
+            o = elapsed - a.seconds
+            ovh[bisect.bisect_left(self.overhead.bounds, o)] += 1
+            ovh[-1] += o
+        tin, tout = rec.input_tokens, rec.output_tokens
+        if tin is not None or tout is not None:
+            tin_c[0] += tin or 0
+            tout_c[0] += tout or 0
+            t = (tin or 0) + (tout or 0)
+            tpr[bisect.bisect_left(self.tokens_per_request.bounds, t)] += 1
+            tpr[-1] += t
+        att = self._attempt_cells.get((a.upstream, a.outcome))
+        if att is None:
+            att = self._attempt_cells[(a.upstream, a.outcome)] = self.attempts.cell((a.upstream, a.outcome))
+        att[0] += 1
 
     def exposition(self) -> tuple[bytes, str]:
         if _multiproc():
