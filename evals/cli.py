@@ -175,6 +175,8 @@ def promote_cmd(
     min_rows: Annotated[int, typer.Option(help="minimum candidate rows per cohort")] = 10,
     canary_weight: Annotated[float, typer.Option(min=0.1, max=100.0, help="starting candidate weight (of 100)")] = 10.0,
     mirror_percent: Annotated[float, typer.Option(min=0.0, max=100.0)] = 10.0,
+    mirror_holds: Annotated[float, typer.Option(min=0.0, max=100.0,
+                                                help="% of held cohorts' traffic mirrored to the candidate")] = 0.0,
     check: Annotated[bool, typer.Option(help="validate the result with `cohortgate policy check`")] = True,
 ) -> None:
     """Promote the candidate only on the cohorts where it is non-inferior to the base and every source."""
@@ -192,6 +194,7 @@ def promote_cmd(
         min_rows=min_rows,
         canary_weight=canary_weight,
         mirror_percent=mirror_percent,
+        mirror_holds_percent=mirror_holds,
     )
     if floor:
         gates.floors.update(_thresholds(floor))

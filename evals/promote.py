@@ -50,6 +50,7 @@ class Gates:
     min_rows: int = 10
     canary_weight: float = 10.0
     mirror_percent: float = 10.0
+    mirror_holds_percent: float = 0.0  # >0: held cohorts' routes mirror this share to the candidate
 
 
 @dataclass
@@ -248,7 +249,26 @@ def rewrite_policy(
             if d.cohort in old["cohorts"]:
                 old["cohorts"] = [c for c in old["cohorts"] if c != d.cohort]
             new["routes"].insert(at, route)
+    if gates.mirror_holds_percent > 0:
+        _mirror_holds(new, [d for d in decisions if not d.promote], candidate, cand_upstream, gates)
     return new
+
+
+def _mirror_holds(policy: dict[str, Any], holds: list[Decision], candidate: str,
+                  cand_upstream: dict[str, Any] | None, gates: Gates) -> None:
+    """Held cohorts keep their targets; their routes shadow a slice to the candidate so it keeps
+    being judged on live traffic (only routes that serve held cohorts alone, and have no mirror)."""
+    held = {d.cohort for d in holds}
+    if not held:
+        return
+    if candidate not in policy["upstreams"]:
+        if cand_upstream is None:
+            return
+        policy["upstreams"][candidate] = cand_upstream
+    for route in policy["routes"]:
+        cohorts = set(route.get("cohorts") or [])
+        if cohorts and cohorts <= held and not route.get("mirror"):
+            route["mirror"] = {"targets": [candidate], "percent": gates.mirror_holds_percent}
 
 
 def decision_markdown(decisions: list[Decision], candidate: str, baselines: list[str]) -> str:

@@ -207,3 +207,22 @@ def test_floors_and_margin_configurable(tmp_path):
     none = promote(run, "candidate", POLICY, None, None, prov, Gates(min_rows=31))
     assert not any(d.promote for d in none.decisions)
     assert none.policy == yaml.safe_load(POLICY.read_text())  # nothing won: the policy is unchanged
+
+
+def test_held_cohorts_mirror_a_slice_to_the_candidate(tmp_path):
+    run = write_run(tmp_path / "run")
+    prov = write_provenance(tmp_path / "cand")
+    out = tmp_path / "new.yaml"
+    r = cg("promote", "--run", str(run), "--candidate", "candidate", "--policy", str(POLICY), "--out", str(out),
+           "--provenance", str(prov), "--mirror-holds", "25")
+    assert r.returncode == 0, r.stdout + r.stderr
+    routes = {r["id"]: r for r in yaml.safe_load(out.read_text())["routes"]}
+    # policy_exception (held, own route) and tool_required (held, left alone on the split route) mirror 25%
+    assert routes["policy"]["mirror"] == {"targets": ["candidate"], "percent": 25.0}
+    assert routes["billing"]["cohorts"] == ["tool_required"]
+    assert routes["billing"]["mirror"] == {"targets": ["candidate"], "percent": 25.0}
+    assert routes["policy"]["targets"] == [{"upstream": "policy-specialist", "weight": 1}]  # targets untouched
+    # winners keep their own mirror share; the catch-all (covers winners too) is not touched
+    assert routes["billing_refund-candidate-canary"]["mirror"]["percent"] == 10.0
+    assert "mirror" not in routes["default"]
+    assert policy_check(out).returncode == 0
