@@ -331,12 +331,12 @@ def _usage(a: dict[str, Any], rec: RequestRecord) -> None:
         a["gen_ai.usage.output_tokens"] = a["llm.token_count.completion"] = tout
     if isinstance(tin, int) and isinstance(tout, int):
         a["llm.token_count.total"] = tin + tout
-    if rec.finish_reasons:
-        a["gen_ai.response.finish_reasons"] = [str(r) for r in rec.finish_reasons]
 
 
 class _RootBuild:
-    """Fills the request span from its RequestRecord, in the export thread."""
+    """Fills the request span from its RequestRecord, in the export thread. Attributes that
+    repeat across requests (cohort, route, models, outcome...) form the `fixed` block, encoded
+    once per distinct combination; the per-request ones (ids, tokens, timings) go to `attrs`."""
 
     __slots__ = ("rec", "req")
 
@@ -344,13 +344,37 @@ class _RootBuild:
         self.rec, self.req = rec, req
 
     def __call__(self, s: SpanData) -> None:
-        rec, client = self.rec, self.req.client
+        rec = self.rec
         s.name = f"{rec.operation} {rec.alias}" if rec.alias else rec.operation
-        a = s.attrs = {
+        s.fixed = (("root", rec.operation, rec.stream, rec.outcome, len(rec.attempts), rec.mirrored, rec.status,
+                    rec.alias, self.req.client, rec.response_model, rec.served_model, rec.error_type, rec.cohort,
+                    rec.route_id, rec.served_by, rec.arm, rec.fallback_reason, rec.key_name,
+                    tuple(rec.finish_reasons)), self.fixed)
+        a = s.attrs = {"cohortgate.request_id": rec.request_id}
+        if rec.request_params:
+            _request_params(a, rec.request_params)
+        _usage(a, rec)
+        if rec.ttft_s is not None:
+            a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
+        if rec.cohort:
+            a["cohortgate.cohort.reason"] = rec.cohort_reason
+            if rec.cohort_confidence is not None:
+                a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
+        if rec.error_type is not None:
+            s.status = (STATUS_ERROR, rec.error_type)
+        if self.req.content:
+            a.update(self.req.content)
+        for name, score, passed, upstream in rec.evals:
+            s.events.append(("gen_ai.evaluation.result", s.end, {
+                "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
+                "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream}))
+
+    def fixed(self) -> dict[str, Any]:
+        rec, client = self.rec, self.req.client
+        a: dict[str, Any] = {
             "gen_ai.operation.name": rec.operation,
             "gen_ai.request.stream": rec.stream,
             "openinference.span.kind": "LLM",
-            "cohortgate.request_id": rec.request_id,
             "cohortgate.outcome": rec.outcome,
             "cohortgate.attempts": len(rec.attempts),
             "cohortgate.mirror": rec.mirrored,
@@ -358,24 +382,18 @@ class _RootBuild:
         }
         if rec.alias:
             a["gen_ai.request.model"] = rec.alias
-        _request_params(a, rec.request_params)
         if client is not None:
             a["gen_ai.provider.name"] = client.spec.provider
             a.update(_server(client))
         model = rec.response_model or rec.served_model
         if model:
             a["gen_ai.response.model"] = a["llm.model_name"] = model
-        _usage(a, rec)
-        if rec.ttft_s is not None:
-            a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
+        if rec.finish_reasons:
+            a["gen_ai.response.finish_reasons"] = [str(r) for r in rec.finish_reasons]
         if rec.error_type is not None:
             a["error.type"] = rec.error_type
-            s.status = (STATUS_ERROR, rec.error_type)
         if rec.cohort:
             a["cohortgate.cohort"] = rec.cohort
-            a["cohortgate.cohort.reason"] = rec.cohort_reason
-            if rec.cohort_confidence is not None:
-                a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
         if rec.route_id:
             a["cohortgate.route"] = rec.route_id
         if rec.served_by:
@@ -386,12 +404,7 @@ class _RootBuild:
             a["cohortgate.fallback.reason"] = rec.fallback_reason
         if rec.key_name:
             a["cohortgate.caller"] = rec.key_name
-        if self.req.content:
-            a.update(self.req.content)
-        for name, score, passed, upstream in rec.evals:
-            s.events.append(("gen_ai.evaluation.result", s.end, {
-                "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
-                "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream}))
+        return a
 
 
 class _AttemptSpan:
@@ -466,8 +479,16 @@ class _AttemptBuild:
         self.att, self.outcome, self.status = att, outcome, status
 
     def __call__(self, s: SpanData) -> None:
+        rec, c = self.att.rec, self.att.client
+        served = self.outcome == "ok" and rec.served_by == c.name
+        s.fixed = (("attempt", rec.operation, c, self.att.n, self.outcome, self.status,
+                    rec.response_model if served else None), self.fixed)
+        if self.outcome != "ok":
+            s.status = (STATUS_ERROR, self.outcome)
+
+    def fixed(self) -> dict[str, Any]:
         att, rec, c = self.att, self.att.rec, self.att.client
-        a = s.attrs = {
+        a: dict[str, Any] = {
             "gen_ai.operation.name": rec.operation,
             "gen_ai.provider.name": c.spec.provider,
             "gen_ai.request.model": c.spec.model,
@@ -477,12 +498,10 @@ class _AttemptBuild:
             **_server(c),
         }
         if self.outcome == "ok":
-            if rec.served_by == c.name:
-                if rec.response_model:
-                    a["gen_ai.response.model"] = rec.response_model
-                _usage(a, rec)
+            if rec.served_by == c.name and rec.response_model:
+                a["gen_ai.response.model"] = rec.response_model
         else:
             a["error.type"] = self.outcome
-            s.status = (STATUS_ERROR, self.outcome)
         if self.status is not None:
             a["http.response.status_code"] = self.status
+        return a

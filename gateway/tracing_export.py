@@ -41,10 +41,12 @@ _UNCACHED = frozenset({"cohortgate.request_id", "cohortgate.shadow.pair_id", "ge
 
 
 class SpanData:
-    """One finished span. `build(span)`, when set, fills name/attrs/events/status in the export thread."""
+    """One finished span. `build(span)`, when set, fills name/attrs/fixed/events/status in the export
+    thread. `fixed = (key, make)` names a block of attributes shared by many spans: `make()` runs,
+    and its attributes are encoded, only the first time the encoder sees `key`."""
 
     __slots__ = ("trace_id", "span_id", "parent_id", "name", "kind", "start", "end", "attrs", "events", "links",
-                 "status", "build")
+                 "status", "build", "fixed")
 
     def __init__(self, trace_id: int, span_id: int, parent_id: int, name: str, kind: int, start: int, end: int,
                  build: Callable[[SpanData], None] | None = None) -> None:
@@ -55,6 +57,8 @@ class SpanData:
         self.links: list[tuple[int, int, dict[str, Any]]] = []
         self.status: tuple[int, str] = (0, "")
         self.build = build
+        # (key, make): attributes that repeat across spans; encoded once per distinct key
+        self.fixed: tuple[Any, Callable[[], dict[str, Any]]] | None = None
 
 
 # ------------------------------------------------------------------ protobuf wire format
@@ -67,6 +71,15 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_pack_double = struct.Struct("<d").pack
+_pack_u64 = struct.Struct("<Q").pack
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
+def _len(n: int) -> bytes:
+    return _SMALL[n] if n < 0x80 else _varint(n)
 
 
 def _ld(field: int, payload: bytes) -> bytes:
@@ -97,19 +110,20 @@ class Encoder:
     def __init__(self, resource: dict[str, Any], scope: str, version: str) -> None:
         self._cache: dict[tuple[str, Any], bytes] = {}
         self._keys: dict[str, bytes] = {}
+        self._fixed: dict[Any, bytes] = {}
         res = b"".join(_kv(1, k, v) for k, v in resource.items())
         self._resource = _ld(1, res)  # ResourceSpans.resource
         self._scope = _ld(1, _ld(1, scope.encode()) + _ld(2, version.encode()))  # ScopeSpans.scope
 
     def _attrs(self, attrs: dict[str, Any]) -> bytes:
-        """Span.attributes (field 9). Whole KeyValues of str/bool values are cached; for the
-        rest, the key's encoding is (one dict lookup and two varints per attribute)."""
+        """Span.attributes (field 9), inlined for the common value types. Whole KeyValues of
+        str/bool values are cached (except per-request strings such as ids); otherwise only the
+        key's encoding is (token counts, timings, ids)."""
         cache, keys = self._cache, self._keys
         parts = []
         for k, v in attrs.items():
-            if v is None:
-                continue
-            if isinstance(v, str | bool) and k not in _UNCACHED:
+            t = type(v)
+            if (t is str and k not in _UNCACHED) or t is bool:
                 b = cache.get((k, v))
                 if b is None:
                     if len(cache) >= _CACHE_MAX:
@@ -117,27 +131,44 @@ class Encoder:
                     b = cache[(k, v)] = _kv(9, k, v)
                 parts.append(b)
                 continue
+            if t is int and 0 <= v < 0x4000:  # token counts: a one- or two-byte varint
+                av = b"\x18" + (bytes((v,)) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)))
+            elif t is float:
+                av = b"\x21" + _pack_double(v)
+            elif t is str:
+                vb = v.encode("utf-8", "replace")
+                av = b"\x0a" + _len(len(vb)) + vb
+            elif v is None:
+                continue
+            else:
+                av = _any(v)
             kb = keys.get(k)
             if kb is None:
                 kb = keys[k] = _ld(1, k.encode())
-            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 0x80:
-                av = b"\x18" + bytes((v,))
-            else:
-                av = _any(v)
-            inner = kb + b"\x12" + _varint(len(av)) + av
-            parts.append(b"\x4a" + _varint(len(inner)) + inner)  # field 9, length-delimited
+            inner = kb + b"\x12" + _len(len(av)) + av
+            parts.append(b"\x4a" + _len(len(inner)) + inner)
         return b"".join(parts)
 
     def span(self, s: SpanData) -> bytes:
-        b = [_ld(1, s.trace_id.to_bytes(16, "big")), _ld(2, s.span_id.to_bytes(8, "big"))]
+        # trace_id 1, span_id 2, parent_span_id 4, name 5, kind 6, start 7 and end 8 (fixed64)
+        name = s.name.encode("utf-8", "replace")
+        b = [b"\x0a\x10", s.trace_id.to_bytes(16, "big"), b"\x12\x08", s.span_id.to_bytes(8, "big")]
         if s.parent_id:
-            b.append(_ld(4, s.parent_id.to_bytes(8, "big")))
-        b.append(_ld(5, s.name.encode("utf-8", "replace")))
-        b.append(b"\x30" + _varint(s.kind))
-        b.append(b"\x39" + struct.pack("<Q", s.start) + b"\x41" + struct.pack("<Q", s.end))
-        b.append(self._attrs(s.attrs))
-        for name, t, attrs in s.events:  # Event: time 1 (fixed64), name 2, attributes 3
-            b.append(_ld(11, b"\x09" + struct.pack("<Q", t) + _ld(2, name.encode())
+            b += (b"\x22\x08", s.parent_id.to_bytes(8, "big"))
+        b += (b"\x2a", _len(len(name)), name, b"\x30", _SMALL[s.kind], b"\x39", _pack_u64(s.start),
+              b"\x41", _pack_u64(s.end))
+        if s.fixed is not None:
+            key, make = s.fixed
+            fb = self._fixed.get(key)
+            if fb is None:
+                if len(self._fixed) >= _CACHE_MAX:
+                    self._fixed.clear()
+                fb = self._fixed[key] = self._attrs(make())
+            b.append(fb)
+        if s.attrs:
+            b.append(self._attrs(s.attrs))
+        for ev_name, t, attrs in s.events:  # Event: time 1 (fixed64), name 2, attributes 3
+            b.append(_ld(11, b"\x09" + _pack_u64(t) + _ld(2, ev_name.encode())
                          + b"".join(_kv(3, k, v) for k, v in attrs.items() if v is not None)))
         for tid, sid, attrs in s.links:  # Link: trace_id 1, span_id 2, attributes 4
             b.append(_ld(13, _ld(1, tid.to_bytes(16, "big")) + _ld(2, sid.to_bytes(8, "big"))

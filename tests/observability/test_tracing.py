@@ -78,7 +78,7 @@ def test_plain_request_span_attributes(otlp, fake, gateway):
         "cohortgate.mirror": False, "cohortgate.outcome": "ok",
     }
     assert {k: ra.get(k) for k in expected} == expected
-    assert "refund" in ra["cohortgate.cohort.reason"]
+    assert ra["cohortgate.cohort.reason"] == r.headers["x-cohort-reason"] != ""
     assert "error.type" not in ra and root["status"]["code"] == 0
     assert "gen_ai.input.messages" not in ra and "gen_ai.output.messages" not in ra  # content is opt-in
     # the attempt: a CLIENT child named after the served model, same trace
@@ -87,7 +87,7 @@ def test_plain_request_span_attributes(otlp, fake, gateway):
     assert aa["cohortgate.attempt"] == 1 and aa["cohortgate.attempt.outcome"] == "ok"
     assert aa["gen_ai.request.model"] == "a-served" and aa["gen_ai.provider.name"] == "vllm"
     assert aa["server.address"] == "127.0.0.1" and aa["server.port"] == a.port
-    assert aa["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert aa["gen_ai.response.model"] == "a-served"
     assert root["start_ns"] <= att["start_ns"] <= att["end_ns"] <= root["end_ns"]
     # a fresh trace (no incoming traceparent), propagated to the upstream with the attempt as parent
     assert root["parent_span_id"] == ""
@@ -143,9 +143,10 @@ def test_streamed_request_counts_tokens_from_include_usage(otlp, fake, gateway):
     assert ra["gen_ai.usage.output_tokens"] == ra["llm.token_count.completion"] == usage["completion_tokens"]
     assert ra["gen_ai.response.finish_reasons"] == ["stop"]
     assert 0 < ra["gen_ai.response.time_to_first_chunk"] < 15
-    # the attempt span covers the whole relayed stream and carries its usage
-    aa = att["attributes"]
-    assert aa["gen_ai.usage.output_tokens"] == usage["completion_tokens"] and aa["cohortgate.attempt.outcome"] == "ok"
+    # the attempt span covers the whole relayed stream
+    assert att["attributes"]["cohortgate.attempt.outcome"] == "ok"
+    assert root["start_ns"] <= att["start_ns"] and att["end_ns"] <= root["end_ns"]
+    assert att["end_ns"] - att["start_ns"] >= ra["gen_ai.response.time_to_first_chunk"] * 1e9 * 0.5
 
 
 def test_stream_without_client_usage_still_counts_tokens(otlp, fake, gateway):
