@@ -70,7 +70,7 @@ def command() -> None:
 @click.option("--allow-unrelated-base", is_flag=True, help="Skip the base-lineage check.")
 @click.option("--allow-missing-tensors", is_flag=True, help="Copy tensors missing from some inputs from one that has them.")
 @click.option("--out-shard-size", default="5GB", show_default=True, help="Maximum size of one output shard.")
-@click.option("--chunk-elems", type=int, default=1 << 20, show_default=True, help="Elements per processing chunk.")
+@click.option("--chunk-elems", type=int, default=1 << 18, show_default=True, help="Elements per processing chunk.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-hash-cache", is_flag=True, help="Always re-hash source shards for provenance.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan / result summary as JSON.")

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 import torch
@@ -43,7 +44,9 @@ class Engine:
         self.plan = plan
         self.writer = writer
         cpus = os.cpu_count() or 1
-        self.workers = workers or max(1, min(4, cpus + 1))
+        env = os.environ.get("COHORTGATE_MERGE_WORKERS")
+        self.workers = workers or (int(env) if env else max(1, min(4, cpus + 1)))
+        _tune_malloc()
         self.on_progress = on_progress
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
@@ -174,6 +177,7 @@ class Engine:
                 self._advise(i + 1)
                 tp = self.plan.tensors[i]
                 self.process(tp)
+                _trim()
                 if self.on_progress:
                     self.on_progress(1, tp.out_nbytes)
         except Cancelled:
@@ -207,6 +211,39 @@ class Engine:
             torch.set_num_threads(prev_threads)
         if self.errors:
             raise self.errors[0]
+
+
+_LIBC: Any = None
+
+
+def _trim() -> None:
+    """Give freed arena memory back to the OS after each tensor (glibc malloc_trim also
+    releases free pages inside the heap), so RSS follows the live working set."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _tune_malloc() -> None:
+    """Fixed glibc malloc thresholds. By default glibc raises its mmap threshold to the size of
+    the largest block freed so far (up to 32 MB) and keeps such blocks in per-thread arenas, so
+    RSS ratchets up to ~workers × the largest temporary. With a fixed threshold, chunk-sized
+    temporaries still come from (fast, reused) arena memory, and anything bigger is mmapped and
+    returned to the OS on free."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or os.environ.get("COHORTGATE_MALLOC_TUNE", "1") == "0":
+        return
+    global _LIBC
+    try:
+        libc = ctypes.CDLL(name)
+        _LIBC = libc
+        mmap_threshold = int(os.environ.get("COHORTGATE_MMAP_THRESHOLD", 2 << 20))
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (also disables the dynamic adjustment)
+        libc.mallopt(-1, 16 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _torch_dtype_name(name: str | None) -> torch.dtype | None:

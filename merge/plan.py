@@ -38,7 +38,7 @@ class Options:
     allow_unrelated_base: bool = False
     allow_missing_tensors: bool = False
     out_shard_bytes: int = 5 * 10**9
-    chunk_elems: int = 1 << 20
+    chunk_elems: int = 1 << 18
 
 
 @dataclass
@@ -223,7 +223,10 @@ def _plan_models(plan: Plan, tok: dict[str, Any]) -> None:
     params_by_src = {_source_index(plan.sources, m.model): m.parameters for m in cfg.models}
     scopes_models = [[params_by_src.get(m), cfg.parameters] for m in members]
     ref_src = plan.sources[members[0]]
-    names = list(ref_src.files.tensors)
+    # file order, then byte offset: inputs are read sequentially, which the kernel reads ahead best
+    order = {f: i for i, f in enumerate(ref_src.files.files)}
+    names = sorted(ref_src.files.tensors, key=lambda n: (order[ref_src.files.tensors[n].file],
+                                                         ref_src.files.tensors[n].offset))
     n_layers = _n_layers(ref_src)
     for name in names:
         mt = LAYER_RE.match(name)

@@ -23,21 +23,24 @@ def combine(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequenc
             normalize: bool, lambda_: float) -> torch.Tensor:
     if not deltas:
         return base.clone()
-    weighted = [d * w for d, w in zip(deltas, weights)]
+    weighted = [d * w if w != 1 else d for d, w in zip(deltas, weights)]
     if consensus:
         total = weighted[0].clone()
         for wd in weighted[1:]:
             total.add_(wd)
-        elected = torch.where(total >= 0, 1.0, -1.0)
+        # γ = +1 where Σ ≥ 0, −1 elsewhere (sign() gives 0 at 0; adding [Σ = 0] fixes that)
+        elected = torch.sign(total).add_(total == 0)
         merged = torch.zeros_like(base)
         divisor = torch.zeros_like(base) if normalize else None
         for wd, w in zip(weighted, weights):
-            agree = (wd * elected) > 0
-            merged.add_(torch.where(agree, wd, 0.0))
+            # agreeing entries have wd·γ > 0; relu(wd·γ)·γ is wd there and 0 elsewhere
+            p = (wd * elected).relu_()
+            merged.add_(p)
             if divisor is not None:
-                divisor.add_(agree.to(base.dtype), alpha=w)
+                divisor.add_(p > 0, alpha=w)
+        merged.mul_(elected)
         if divisor is not None:
-            divisor = torch.where(divisor == 0, 1.0, divisor)
+            divisor.masked_fill_(divisor == 0, 1.0)
             merged.div_(divisor)
     else:
         merged = weighted[0].clone()

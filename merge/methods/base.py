@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 Chunks = Callable[[], Iterator[tuple[int, list[torch.Tensor]]]]
-RNG_BLOCK = 1 << 20
+RNG_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -96,29 +97,39 @@ def kth_largest(values: Callable[[], Iterator[torch.Tensor]], n: int, k: int) ->
     if n <= 1 << 16:
         x = torch.cat(list(values()))
         return float(x.kthvalue(n - k + 1).values)
-    m = 1 << 14
+    if n <= 1 << 20:  # small enough to keep: compute the values once for both passes
+        cached = list(values())
+        values = lambda: iter(cached)  # noqa: E731
+    # stratified random sample (sorted by construction, no sort needed)
+    m = min(1 << 14, max(1 << 10, n >> 4))
+    stride = n // m
     g = torch.Generator().manual_seed(0x5EED)
-    idx = torch.randint(0, n, (m,), generator=g).sort().values
+    idx = torch.arange(m, dtype=torch.int64) * stride + torch.randint(0, stride, (m,), generator=g)
     parts, off = [], 0
     for c in values():
         lo, hi = torch.searchsorted(idx, torch.tensor([off, off + c.numel()])).tolist()
         if hi > lo:
             parts.append(c[idx[lo:hi] - off])
         off += c.numel()
-    sample = torch.cat(parts).sort(descending=True).values
+    sample = torch.cat(parts)
+
+    def sample_desc(r: int) -> float:  # value of descending rank r (0-based) in the sample
+        return float(sample.kthvalue(m - r).values)
+
     q = k / n
     pos = q * m
     margin = 4.0 * math.sqrt(m * q * (1 - q)) + 16
     for attempt in range(3):
         hi_i, lo_i = math.floor(pos - margin), math.ceil(pos + margin)
-        hi_v = float(sample[hi_i]) if hi_i >= 0 and attempt < 2 else math.inf
-        lo_v = float(sample[lo_i]) if lo_i < m and attempt < 2 else -math.inf
+        hi_v = sample_desc(hi_i) if hi_i >= 0 and attempt < 2 else math.inf
+        lo_v = sample_desc(lo_i) if lo_i < m and attempt < 2 else -math.inf
         above = 0
         cands = []
         for c in values():
             if hi_v != math.inf:
-                above += int((c > hi_v).sum())
-                sel = (c <= hi_v) & (c >= lo_v)
+                high = c > hi_v
+                above += int(torch.count_nonzero(high))
+                sel = (c >= lo_v).logical_and_(high.logical_not_())
             else:
                 sel = c >= lo_v
             cands.append(c[sel])
@@ -139,16 +150,16 @@ def _block_seed(key: tuple[object, ...], block: int) -> int:
 def uniform(key: tuple[object, ...], offset: int, count: int) -> torch.Tensor:
     """U[0,1) fp32 values for elements [offset, offset+count) of the stream named `key`.
 
-    The stream is cut in fixed blocks of RNG_BLOCK elements, each from its own generator seeded
-    by (key, block index), so any chunking of a tensor sees the same numbers."""
+    The stream is cut in fixed blocks of RNG_BLOCK elements, each from its own PCG64 generator
+    (numpy) seeded by a hash of (key, block index), so any chunking of a tensor sees the same
+    numbers."""
     out = torch.empty(count, dtype=torch.float32)
     pos = 0
     while pos < count:
         el = offset + pos
         b, inner = divmod(el, RNG_BLOCK)
-        g = torch.Generator().manual_seed(_block_seed(key, b))
-        block = torch.rand(RNG_BLOCK, generator=g, dtype=torch.float32)
+        block = np.random.Generator(np.random.PCG64(_block_seed(key, b))).random(RNG_BLOCK, dtype=np.float32)
         take = min(RNG_BLOCK - inner, count - pos)
-        out[pos : pos + take] = block[inner : inner + take]
+        out[pos : pos + take] = torch.from_numpy(block[inner : inner + take])
         pos += take
     return out

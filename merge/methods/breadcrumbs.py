@@ -23,6 +23,7 @@ import torch
 from merge.methods._deltas import check_weights, combine
 from merge.methods.base import Chunks, Job, Method, Param, kth_largest, one_chunk
 from merge.methods.task_arithmetic import GTA_SHARED
+from merge.methods.ties import trim
 
 Band = tuple[float, float] | None  # (low, high) inclusive magnitude band; None = keep all
 
@@ -46,10 +47,13 @@ def band(chunks: Chunks, n: int, index: int, density: float, gamma: float) -> Ba
 
 
 def apply_band(delta: torch.Tensor, b: Band) -> torch.Tensor:
+    """Keep entries with low ≤ |δ| ≤ high."""
     if b is None:
         return delta
-    a = delta.abs()
-    return delta * ((a >= b[0]) & (a <= b[1]))
+    if b[0] == float("inf"):
+        return torch.zeros_like(delta)
+    kept = trim(delta, b[0])
+    return kept - torch.nn.functional.hardshrink(kept, b[1])
 
 
 def breadcrumbs(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],

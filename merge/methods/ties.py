@@ -40,10 +40,19 @@ def magnitude_threshold(chunks: Chunks, n: int, index: int, density: float) -> f
     return kth_largest(values, n, k)
 
 
+def below(value: float) -> float:
+    """The largest float32 below `value`, so that |x| > below(v) ⇔ |x| ≥ v for float32 x."""
+    t = torch.tensor(value, dtype=torch.float32)
+    return float(torch.nextafter(t, torch.tensor(-1.0, dtype=torch.float32)))
+
+
 def trim(delta: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    if threshold is None:
+    """Keep entries with |δ| ≥ threshold (one fused op: hardshrink keeps |x| > λ)."""
+    if threshold is None or threshold <= 0:
         return delta
-    return delta * (delta.abs() >= threshold)
+    if threshold == float("inf"):
+        return torch.zeros_like(delta)
+    return torch.nn.functional.hardshrink(delta, below(threshold))
 
 
 def ties(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
