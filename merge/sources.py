@@ -129,7 +129,13 @@ def load_source(ref: ModelRef, config_path: Path) -> Source:
     config = json.loads(cfg_file.read_text())
     src = Source(ref, path, ModelFiles(path), config, tokenizer_hash(path), declared_lineage(path))
     if ref.lora:
-        src.lora = load_lora(resolve_model_path(ref.lora, config_path))
+        adapter = resolve_model_path(ref.lora, config_path)
+        src.lora = load_lora(adapter)
+        # a fine-tune's data lineage lives with its adapter (base+adapter = base's data + the adapter's)
+        adapter_lineage = declared_lineage(adapter)
+        if "training_data" in adapter_lineage:
+            src.lineage = {**src.lineage, "training_data": adapter_lineage["training_data"],
+                           "declared_in": f"{adapter.name}/{adapter_lineage.get('declared_in', 'provenance.json')}"}
     if "training_data" not in src.lineage and "merged_from" not in src.lineage:
         src.warnings.append(f"{src.label}: declares no training-data lineage (no provenance.json "
                             f"training_data, no model-card `datasets`)")
