@@ -36,12 +36,13 @@ class TrainConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: tuple[str, ...] = LLAMA_TARGETS
-    lr: float = 1e-3
-    warmup_steps: int = 4
-    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 3
+    batch_size: int = 8  # rows per optimizer step
+    micro_batch: int = 4  # rows per forward/backward (gradient accumulation: bounds activation memory)
     epochs: float = 2.0
-    max_steps: int = 60
-    max_seconds: float = 420.0
+    max_steps: int = 30  # ~240 rows seen: about one epoch of a specialist's data
+    max_seconds: float = 480.0
     max_len: int = 768
     limit_rows: int | None = None  # a slice of the data (fast mode / tests)
     seed: int = 0
@@ -191,13 +192,17 @@ def train_specialist(base_dir: Path, data_file: Path, name: str, cfg: TrainConfi
             batch = [examples[j] for j in plan.pop()]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-                loss = _answer_loss(model, batch, pad_id)
-            loss.backward()
+            step_loss = 0.0
+            for i in range(0, len(batch), cfg.micro_batch):
+                micro = batch[i:i + cfg.micro_batch]
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+                    loss = _answer_loss(model, micro, pad_id) * (len(micro) / len(batch))
+                loss.backward()
+                step_loss += loss.detach().item()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(round(loss.detach().item(), 4))
+            losses.append(round(step_loss, 4))
             advance(losses[-1])
             if time.monotonic() - started > cfg.max_seconds and step + 1 < total:
                 stopped = "max_seconds"
@@ -265,7 +270,17 @@ class _progress:
                             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
         self.bar.__enter__()
         task = self.bar.add_task(self.label, total=self.total, loss="-")
-        return lambda loss: self.bar.update(task, advance=1, loss=f"{loss:.3f}")
+        live = self.bar.console.is_terminal
+        self.done, started = 0, time.monotonic()
+
+        def advance(loss: float) -> None:
+            self.bar.update(task, advance=1, loss=f"{loss:.3f}")
+            self.done += 1
+            if not live:  # logs and CI: a plain line now and then instead of a redrawn bar
+                self.bar.console.print(f"{self.label}: step {self.done}/{self.total} loss {loss:.3f} "
+                                       f"({time.monotonic() - started:.0f} s)")
+
+        return advance
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
