@@ -175,11 +175,16 @@ class Tracing:
 
     # ------------------------------------------------------------------ feature lifecycle
     async def start(self, state: AppState) -> None:
+        import asyncio
+
         self.state = state
+        self.exporter.loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
         import asyncio
 
+        self.exporter.encode_pending()
+        self.exporter.loop = None
         # the last export may wait on the collector: keep it off the event loop
         await asyncio.to_thread(self.exporter.shutdown)
 
