@@ -3,8 +3,8 @@
 Contract: `BatchExporter.submit(span)` is all a request does (a list append; with
 `OTEL_BSP_MAX_QUEUE_SIZE` spans waiting, new ones are dropped and counted, never waited on).
 Spans finished during one event-loop iteration are encoded together by one `call_soon` callback,
-i.e. after that iteration's responses were handed to the transport, so encoding never delays
-the response it describes. A daemon thread wakes every `OTEL_BSP_SCHEDULE_DELAY` ms (or when
+which runs once the request's task yields, normally after its response was handed to the
+transport, so encoding does not delay the response it describes. A daemon thread wakes every `OTEL_BSP_SCHEDULE_DELAY` ms (or when
 `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans are encoded), frames them as one OTLP
 `ExportTraceServiceRequest` and sends it: `http/protobuf` POST (one kept-alive connection, optional
 gzip), or gRPC (extra `otlp-grpc`). A failed export is logged and dropped (no retry queue: the
