@@ -74,6 +74,7 @@ class OTLPReceiver:
         self.spans: list[dict[str, Any]] = []
         self.posts = 0
         self.content_types: set[str] = set()
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -85,15 +86,17 @@ class OTLPReceiver:
 
     async def _traces(self, request: web.Request) -> web.Response:
         body = await request.read()
+        # aiohttp already inflates a gzip/deflate request body; decode here only if it did not
         enc = request.headers.get("content-encoding", "")
-        if enc == "gzip":
+        if enc == "gzip" and body[:2] == b"\x1f\x8b":
             body = gzip.decompress(body)
-        elif enc == "deflate":
+        elif enc == "deflate" and body[:1] == b"\x78":
             body = zlib.decompress(body)
         spans = decode(body)
         with self._lock:
             self.posts += 1
             self.content_types.add(request.headers.get("content-type", ""))
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
             self.spans.extend(spans)
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
@@ -101,6 +104,7 @@ class OTLPReceiver:
     def start(self) -> OTLPReceiver:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/v1/traces", self._traces)
+        app.router.add_post("/custom/traces", self._traces)  # for OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 
         async def boot() -> None:
             self._runner = web.AppRunner(app, access_log=None)
