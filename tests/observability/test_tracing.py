@@ -262,3 +262,44 @@ def test_content_recorded_only_when_policy_opts_in(otlp, fake, gateway, content)
         assert orjson.loads(ra["gen_ai.output.messages"])[0]["content"] == r.json()["choices"][0]["message"]["content"]
     else:
         assert not any(k in ra for k in ("gen_ai.input.messages", "gen_ai.output.messages", "output.value"))
+
+
+def test_stream_cut_after_commit_marks_request_and_attempt_failed(otlp, fake, gateway):
+    a, b = fake("a", "midstream_drop"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    with httpx.stream("POST", g.base_url + "/chat/completions", timeout=15,
+                      json={"model": "m", "stream": True, "messages": [
+                          {"role": "user", "content": "a long answer with many words please"}]}) as r:
+        rid = r.headers["x-request-id"]
+        body = b"".join(r.iter_bytes())
+    assert b'"error"' in body  # the typed error event after the commit point
+    root, (att,) = spans_of(otlp, rid, 1)
+    assert root["attributes"]["cohortgate.outcome"] == "stream_error"
+    assert root["attributes"]["error.type"] and root["status"]["code"] == 2
+    assert att["attributes"]["error.type"] == root["attributes"]["error.type"] and att["status"]["code"] == 2
+    assert b.state.count == 0  # no fallback once the stream was committed
+
+
+def test_workers_each_export_their_spans(otlp, fake, tmp_path):
+    """`serve --workers 2`: every forked worker sets up its own exporter after the fork."""
+    from tests.helpers import PYTHON, free_port, running
+
+    a = fake("a")
+    path = tmp_path / "p.yaml"
+    path.write_text(policy({"a": a.url}, "- id: r\n  cohorts: ['*']\n  targets: [{upstream: a}]\n"))
+    port = free_port()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    with running([PYTHON, "-m", "cohortgate", "serve", "--policy", str(path), "--port", str(port),
+                  "--workers", "2", "--log-level", "WARNING"], ready_url=f"http://127.0.0.1:{port}/healthz",
+                 env=env, log=tmp_path / "gw.log"):
+        ids = []
+        for i in range(12):
+            with httpx.Client(timeout=10) as c:  # a new connection each time: both workers get some
+                r = c.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                           json={"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]})
+                assert r.status_code == 200
+                ids.append(r.headers["x-request-id"])
+        spans = otlp.wait_for(lambda sp: {s["attributes"].get("cohortgate.request_id") for s in sp} >= set(ids))
+    roots = {s["attributes"].get("cohortgate.request_id"): s for s in spans if s["kind"] == "SERVER"}
+    assert set(ids) <= set(roots)
+    assert roots[ids[0]]["resource"]["service.name"] == "cohortgate-test"
