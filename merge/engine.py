@@ -239,7 +239,7 @@ def _tune_malloc() -> None:
     try:
         libc = ctypes.CDLL(name)
         _LIBC = libc
-        mmap_threshold = int(os.environ.get("COHORTGATE_MMAP_THRESHOLD", 2 << 20))
+        mmap_threshold = int(os.environ.get("COHORTGATE_MMAP_THRESHOLD", 8 << 20))
         libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (also disables the dynamic adjustment)
         libc.mallopt(-1, 16 << 20)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):

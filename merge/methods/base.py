@@ -86,59 +86,86 @@ def one_chunk(xs: Sequence[torch.Tensor]) -> Chunks:
 
 # ------------------------------------------------------------------ exact k-th largest
 def kth_largest(values: Callable[[], Iterator[torch.Tensor]], n: int, k: int) -> float:
-    """The k-th largest (1-based) of `n` values streamed as 1-D fp32 chunks, exactly.
+    """The k-th largest (1-based) of `n` values streamed as 1-D fp32 chunks, exactly."""
+    return kth_largest_many(lambda: ([c] for c in values()), n, [(0, k)])[0]
 
-    Instead of sorting (mergekit argsorts every tensor), a seeded random sample brackets the
-    answer, one pass counts the values above the bracket and collects the few inside it, and
-    `kthvalue` runs on those. If the bracket misses (adversarial data) it is widened, finally to
-    everything, so the result is always exact."""
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} out of range for n={n}")
+
+def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
+                     queries: list[tuple[int, int]]) -> list[float]:
+    """Exact k-th largest values of several streams of `n` values each, in two passes in all.
+
+    `values()` yields, per chunk, one 1-D fp32 tensor per stream; `queries` are (stream, k)
+    pairs (k 1-based). Instead of sorting (mergekit argsorts every tensor), a stratified random
+    sample of each stream brackets each answer, one pass counts the values above each bracket
+    and collects the few inside it, and `kthvalue` runs on those. A bracket that misses
+    (adversarial data) is widened, finally to everything, so every result is exact."""
+    for _, k in queries:
+        if not 1 <= k <= n:
+            raise ValueError(f"k={k} out of range for n={n}")
+    if not queries:
+        return []
     if n <= 1 << 16:
-        x = torch.cat(list(values()))
-        return float(x.kthvalue(n - k + 1).values)
+        whole = [torch.cat(list(parts)) for parts in zip(*values())]
+        return [float(whole[s].kthvalue(n - k + 1).values) for s, k in queries]
     if n <= 1 << 20:  # small enough to keep: compute the values once for both passes
         cached = list(values())
         values = lambda: iter(cached)  # noqa: E731
-    # stratified random sample (sorted by construction, no sort needed)
+    streams = sorted({s for s, _ in queries})
     m = min(1 << 14, max(1 << 10, n >> 4))
     stride = n // m
     g = torch.Generator().manual_seed(0x5EED)
     idx = torch.arange(m, dtype=torch.int64) * stride + torch.randint(0, stride, (m,), generator=g)
-    parts, off = [], 0
-    for c in values():
-        lo, hi = torch.searchsorted(idx, torch.tensor([off, off + c.numel()])).tolist()
+    # results that outlive a chunk go into preallocated buffers: small long-lived tensors
+    # scattered between the chunk temporaries would fragment the malloc arenas (RSS growth)
+    sample = {s: torch.empty(m, dtype=torch.float32) for s in streams}
+    off = 0
+    for chunk in values():
+        size = chunk[0].numel()
+        lo, hi = torch.searchsorted(idx, torch.tensor([off, off + size])).tolist()
         if hi > lo:
-            parts.append(c[idx[lo:hi] - off])
-        off += c.numel()
-    sample = torch.cat(parts)
-
-    def sample_desc(r: int) -> float:  # value of descending rank r (0-based) in the sample
-        return float(sample.kthvalue(m - r).values)
-
-    q = k / n
-    pos = q * m
-    margin = 4.0 * math.sqrt(m * q * (1 - q)) + 16
+            for s in streams:
+                torch.index_select(chunk[s], 0, idx[lo:hi] - off, out=sample[s][lo:hi])
+        off += size
+    results: dict[int, float] = {}
+    margins = {q: 4.0 * math.sqrt(m * (q[1] / n) * (1 - q[1] / n)) + 16 for q in queries}
     for attempt in range(3):
-        hi_i, lo_i = math.floor(pos - margin), math.ceil(pos + margin)
-        hi_v = sample_desc(hi_i) if hi_i >= 0 and attempt < 2 else math.inf
-        lo_v = sample_desc(lo_i) if lo_i < m and attempt < 2 else -math.inf
-        above = 0
-        cands = []
-        for c in values():
-            if hi_v != math.inf:
-                high = c > hi_v
-                above += int(torch.count_nonzero(high))
-                sel = (c >= lo_v).logical_and_(high.logical_not_())
+        todo = [q for q in dict.fromkeys(queries) if q not in results]
+        if not todo:
+            break
+        brackets = {}
+        for q in todo:
+            s, k = q
+            pos = k / n * m
+            hi_i, lo_i = math.floor(pos - margins[q]), math.ceil(pos + margins[q])
+            hi_v = float(sample[s].kthvalue(m - hi_i).values) if hi_i >= 0 and attempt < 2 else math.inf
+            lo_v = float(sample[s].kthvalue(m - lo_i).values) if lo_i < m and attempt < 2 else -math.inf
+            cap = min(n, int(n * (2 * margins[q] / m) * 1.5) + 1024) if attempt < 2 else n
+            brackets[q] = [hi_v, lo_v, 0, torch.empty(cap, dtype=torch.float32), 0]  # hi, lo, above, buf, used
+        for chunk in values():
+            for q, b in brackets.items():
+                c = chunk[q[0]]
+                if b[0] != math.inf:
+                    high = c > b[0]
+                    b[2] += int(torch.count_nonzero(high))
+                    sel = (c >= b[1]).logical_and_(high.logical_not_())
+                else:
+                    sel = c >= b[1]
+                got = c[sel]
+                buf, used = b[3], b[4]
+                if used + got.numel() > buf.numel():
+                    grown = torch.empty(max(buf.numel() * 2, used + got.numel()), dtype=torch.float32)
+                    grown[:used] = buf[:used]
+                    b[3] = buf = grown
+                buf[used : used + got.numel()] = got
+                b[4] = used + got.numel()
+        for q, b in brackets.items():
+            cand = b[3][: b[4]]
+            need = q[1] - b[2]
+            if 1 <= need <= cand.numel():
+                results[q] = float(cand.kthvalue(cand.numel() - need + 1).values)
             else:
-                sel = c >= lo_v
-            cands.append(c[sel])
-        cand = torch.cat(cands)
-        need = k - above
-        if 1 <= need <= cand.numel():
-            return float(cand.kthvalue(cand.numel() - need + 1).values)
-        margin *= 8
-    raise AssertionError("unreachable: the last attempt covers every value")
+                margins[q] *= 8
+    return [results[q] for q in queries]
 
 
 # ------------------------------------------------------------------ seeded random numbers

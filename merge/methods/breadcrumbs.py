@@ -21,29 +21,39 @@ from typing import Any
 import torch
 
 from merge.methods._deltas import check_weights, combine
-from merge.methods.base import Chunks, Job, Method, Param, kth_largest, one_chunk
+from merge.methods.base import Chunks, Job, Method, Param, kth_largest_many, one_chunk
 from merge.methods.task_arithmetic import GTA_SHARED
 from merge.methods.ties import trim
 
 Band = tuple[float, float] | None  # (low, high) inclusive magnitude band; None = keep all
 
 
-def band(chunks: Chunks, n: int, index: int, density: float, gamma: float) -> Band:
-    if density >= 1:
-        return None
-    target = int(density * n)
-    if target <= 0 or n == 0:
-        return (float("inf"), float("inf"))
-    n_top = int(gamma * n)
-    n_bot = max(0, n - target - n_top)
+def bands(chunks: Chunks, n: int, params: list[tuple[float, float]]) -> list[Band]:
+    """The kept magnitude band of each model's delta for (density, gamma) pairs; two streaming
+    passes serve every model."""
+    out: list[Band] = []
+    queries: list[tuple[int, int]] = []
+    for i, (density, gamma) in enumerate(params):
+        target = int(density * n)
+        if density >= 1:
+            out.append(None)
+        elif target <= 0 or n == 0:
+            out.append((float("inf"), float("inf")))
+        else:
+            n_top = int(gamma * n)
+            n_bot = max(0, n - target - n_top)
+            out.append((0.0, 0.0))
+            queries += [(i, n - n_bot), (i, n - n_bot - target + 1)]  # ascending ranks n_bot, n_bot+target−1
+    used = {q[0] for q in queries}
 
     def values():  # type: ignore[no-untyped-def]
         for _, xs in chunks():
-            yield (xs[index] - xs[0]).abs_()
+            yield [(x - xs[0]).abs_() if i in used else xs[0] for i, x in enumerate(xs[1:])]
 
-    low = kth_largest(values, n, n - n_bot)  # ascending rank n_bot (0-based)
-    high = kth_largest(values, n, n - n_bot - target + 1)  # ascending rank n_bot + target − 1
-    return (low, high)
+    found = kth_largest_many(values, n, queries)
+    for j in range(0, len(queries), 2):
+        out[queries[j][0]] = (found[j], found[j + 1])
+    return out
 
 
 def apply_band(delta: torch.Tensor, b: Band) -> torch.Tensor:
@@ -59,9 +69,8 @@ def apply_band(delta: torch.Tensor, b: Band) -> torch.Tensor:
 def breadcrumbs(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
                 densities: Sequence[float], gammas: Sequence[float], *, consensus: bool, lambda_: float = 1.0,
                 normalize: bool = False) -> torch.Tensor:
-    src = one_chunk([base, *tensors])
-    bands = [band(src, base.numel(), i + 1, d, g) for i, (d, g) in enumerate(zip(densities, gammas))]
-    deltas = [apply_band(x - base, b) for x, b in zip(tensors, bands)]
+    found = bands(one_chunk([base, *tensors]), base.numel(), list(zip(densities, gammas)))
+    deltas = [apply_band(x - base, b) for x, b in zip(tensors, found)]
     return combine(base, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
 
 
@@ -83,7 +92,7 @@ class Breadcrumbs(Method):
         check_weights([p["weight"] for p in job.per_model], job.shared["normalize"], self.consensus)
 
     def stats(self, job: Job, chunks: Chunks) -> Any:
-        return [band(chunks, job.numel, i + 1, p["density"], p["gamma"]) for i, p in enumerate(job.per_model)]
+        return bands(chunks, job.numel, [(p["density"], p["gamma"]) for p in job.per_model])
 
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         base = xs[0]

@@ -20,24 +20,32 @@ from typing import Any
 import torch
 
 from merge.methods._deltas import combine
-from merge.methods.base import Chunks, Job, Method, Param, kth_largest, one_chunk
+from merge.methods.base import Chunks, Job, Method, Param, kth_largest_many, one_chunk
 from merge.methods.task_arithmetic import GTA_SHARED
 
 
-def magnitude_threshold(chunks: Chunks, n: int, index: int, density: float) -> float | None:
-    """Trim threshold of the delta of input `index` (inputs[0] is the base); None = keep all,
-    +inf = drop all."""
-    if density >= 1:
-        return None
-    if density <= 0 or n == 0:
-        return float("inf")
-    k = max(1, int(density * n))
+def magnitude_thresholds(chunks: Chunks, n: int, densities: list[float]) -> list[float | None]:
+    """Trim threshold of each model's delta (inputs[0] is the base); None = keep all, +inf =
+    drop all. One pair of streaming passes serves every model."""
+    out: list[float | None] = []
+    queries = []
+    for i, d in enumerate(densities):
+        if d >= 1:
+            out.append(None)
+        elif d <= 0 or n == 0:
+            out.append(float("inf"))
+        else:
+            out.append(0.0)
+            queries.append((i, max(1, int(d * n))))
 
     def values():  # type: ignore[no-untyped-def]
         for _, xs in chunks():
-            yield (xs[index] - xs[0]).abs_()
+            yield [(x - xs[0]).abs_() if any(q[0] == i for q in queries) else xs[0]
+                   for i, x in enumerate(xs[1:])]
 
-    return kth_largest(values, n, k)
+    for (i, _), v in zip(queries, kth_largest_many(values, n, queries)):
+        out[i] = v
+    return out
 
 
 def below(value: float) -> float:
@@ -57,8 +65,7 @@ def trim(delta: torch.Tensor, threshold: float | None) -> torch.Tensor:
 
 def ties(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
          densities: Sequence[float], lambda_: float = 1.0, normalize: bool = True) -> torch.Tensor:
-    src = one_chunk([base, *tensors])
-    thr = [magnitude_threshold(src, base.numel(), i + 1, d) for i, d in enumerate(densities)]
+    thr = magnitude_thresholds(one_chunk([base, *tensors]), base.numel(), list(densities))
     deltas = [trim(x - base, t) for x, t in zip(tensors, thr)]
     return combine(base, deltas, weights, consensus=True, normalize=normalize, lambda_=lambda_)
 
@@ -75,7 +82,7 @@ class Ties(Method):
                              f"{self.name}; remove it")
 
     def stats(self, job: Job, chunks: Chunks) -> Any:
-        return [magnitude_threshold(chunks, job.numel, i + 1, p["density"]) for i, p in enumerate(job.per_model)]
+        return magnitude_thresholds(chunks, job.numel, [p["density"] for p in job.per_model])
 
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         base = xs[0]
