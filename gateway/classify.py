@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.policy.schema import Cohort, HeaderMatch, Policy, Rule
 from gateway.request import ClientRequest
@@ -113,11 +114,10 @@ def _rf_type(r: ClientRequest) -> str | None:
     return None
 
 
-class SemanticLike:
+class SemanticLike(Protocol):
     """Interface of the optional semantic classifier (gateway/semantic.py)."""
 
-    def classify(self, text: str) -> Decision | None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def classify(self, text: str) -> Decision | None: ...
 
 
 class Classifier:

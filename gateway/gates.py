@@ -33,7 +33,7 @@ def gates_for(route: Route, creq: ClientRequest) -> list[tuple[str, float]]:
     if route.eval_gates is None:
         return [(name, 1.0) for name in applicable(body)]
     kinds = set(applicable(body))
-    out = []
+    out: list[tuple[str, float]] = []
     for g in route.eval_gates:
         if _applies(g, kinds):
             out.append((g.evaluator, g.threshold))

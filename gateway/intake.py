@@ -15,7 +15,7 @@ from gateway.auth import Caller
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gateway.request import ClientRequest
 
-_REQUIRED = {
+_REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "chat": ("messages", list),
     "text_completion": ("prompt", (str, list)),
     "embeddings": ("input", (str, list)),
@@ -57,9 +57,10 @@ def parse_body(raw: bytes, operation: str) -> dict[str, Any]:
     if not isinstance(value, kind):
         raise InvalidRequest(f"'{field}' has the wrong type.", param=field)
     if operation == "chat":
-        if not value:
+        messages: list[Any] = value  # type: ignore[assignment]  # checked by isinstance above
+        if not messages:
             raise InvalidRequest("'messages' must not be empty.", param="messages")
-        for i, m in enumerate(value):
+        for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise InvalidRequest(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]")
     stream = body.get("stream", False)

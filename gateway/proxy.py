@@ -162,7 +162,8 @@ def _take_usage(rec: RequestRecord, data: dict[str, Any]) -> None:
     rec.response_model = str(data.get("model") or "")
     choices = data.get("choices")
     if isinstance(choices, list):
-        rec.finish_reasons = [c.get("finish_reason") for c in choices if isinstance(c, dict) and c.get("finish_reason")]
+        rec.finish_reasons = [str(c["finish_reason"]) for c in choices
+                              if isinstance(c, dict) and c.get("finish_reason")]
 
 
 def _arm(plan: Plan, served_by: str) -> str:
