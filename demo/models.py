@@ -94,7 +94,8 @@ def smollm2_base(cache_dir: Path | None = None, *, progress: bool = True) -> Pat
     """SmolLM2-135M-Instruct as a cached HF safetensors (bf16) directory (~40 s the first time)."""
     gguf_path = smollm2_gguf_path()
     source_hash = sha256_file(gguf_path)
-    key = key_of({"source": source_hash, "code": CODE_VERSION, "recipe": "gguf-dequant-bf16", "template": CHAT_TEMPLATE})
+    key = key_of({"source": source_hash, "code": CODE_VERSION, "recipe": "gguf-dequant-bf16",
+                  "template": CHAT_TEMPLATE})
     out = Path(cache_dir or cache_root() / "models") / f"smollm2-135m-instruct-{key}"
     if is_complete(out):
         return out

@@ -36,9 +36,11 @@ def tool_calls(text: str) -> list[dict[str, Any]]:
     return calls
 
 
-def score(check: dict[str, Any], text: str) -> float:
+def score(check: dict[str, Any], text: str, calls: list[dict[str, Any]] | None = None) -> float:
+    """Score an answer; `calls` are structured tool calls (from an OpenAI response), else parsed from text."""
+    calls = tool_calls(text) if calls is None else calls
     if "tool" in check:
-        for call in tool_calls(text):
+        for call in calls:
             if call.get("name") == check["tool"]:
                 want = check.get("arguments") or {}
                 args = call.get("arguments") or {}
@@ -47,11 +49,22 @@ def score(check: dict[str, Any], text: str) -> float:
         return 0.0
     if check.get("refusal"):
         return 1.0 if _REFUSAL.search(text) else 0.0
-    if _REFUSAL.search(text) or tool_calls(text):
+    if _REFUSAL.search(text) or calls:
         return 0.0
     facts = check.get("contains") or []
     low = text.lower()
     return sum(1 for f in facts if f.lower() in low) / len(facts) if facts else 1.0
+
+
+def load_heldout(path: Path, per_cohort: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    count: dict[str, int] = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if count.get(r["cohort"], 0) < per_cohort:
+            count[r["cohort"]] = count.get(r["cohort"], 0) + 1
+            rows.append(r)
+    return rows
 
 
 def _generate(model: Any, tok: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> list[str]:
@@ -77,13 +90,7 @@ def compare(base_dir: Path, adapter_dir: Path, heldout_file: Path, per_cohort: i
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rows: list[dict[str, Any]] = []
-    count: dict[str, int] = {}
-    for line in Path(heldout_file).read_text().splitlines():
-        r = json.loads(line)
-        if count.get(r["cohort"], 0) < per_cohort:
-            count[r["cohort"]] = count.get(r["cohort"], 0) + 1
-            rows.append(r)
+    rows = load_heldout(heldout_file, per_cohort)
     tok = AutoTokenizer.from_pretrained(base_dir)
     # bf16 weights, adapter merged into them: the fastest plain-transformers path on these CPUs.
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16).eval()
@@ -91,7 +98,7 @@ def compare(base_dir: Path, adapter_dir: Path, heldout_file: Path, per_cohort: i
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
     spec_answers = _generate(model, tok, rows, max_new_tokens)
     result: dict[str, Any] = {"cohorts": {}, "answers": []}
-    for r, base_text, spec_text in zip(rows, base_answers, spec_answers):
+    for r, base_text, spec_text in zip(rows, base_answers, spec_answers, strict=True):
         b, s = score(r["check"], base_text), score(r["check"], spec_text)
         c = result["cohorts"].setdefault(r["cohort"], {"base": 0.0, "specialist": 0.0, "n": 0})
         c["base"] += b

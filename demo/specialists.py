@@ -39,7 +39,8 @@ def tiny_base(cache_dir: Path | None = None, seed: int = TINY_SEED) -> Path:
     from demo.models import tiny_llama
 
     corpus = {p.name: sha256_file(p) for p in sorted(SPECIALIST_DATA.values())}
-    out = Path(cache_dir or cache_root() / "models") / f"tiny-llama-{key_of({'seed': seed, 'code': CODE_VERSION, 'corpus': corpus})}"
+    key = key_of({"seed": seed, "code": CODE_VERSION, "corpus": corpus})
+    out = Path(cache_dir or cache_root() / "models") / f"tiny-llama-{key}"
     if not is_complete(out):
         tiny_llama(out, seed=seed)
         mark_complete(out, {"seed": seed, "code_version": CODE_VERSION})

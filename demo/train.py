@@ -26,7 +26,7 @@ from demo.cache import cache_root, fresh_dir, is_complete, key_of, mark_complete
 DATA_DIR = Path(__file__).parent / "data"
 SPECIALIST_DATA = {"billing": DATA_DIR / "train_billing.jsonl", "policy": DATA_DIR / "train_policy.jsonl"}
 # Bump when the training recipe changes meaning (loss masking, batching, template handling).
-TRAIN_CODE_VERSION = "train-2"
+TRAIN_CODE_VERSION = "train-3"
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -36,13 +36,18 @@ class TrainConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: tuple[str, ...] = LLAMA_TARGETS
+    # LoRA on the upper part of the network only: autograd then never records the lower layers
+    # (nothing there requires grad), so backward stops halfway — ~40% less compute per step, the
+    # difference between minutes and a quarter hour on 2 shared cores. Format and grounding habits
+    # are learned fine in the upper layers.
+    layers_fraction: float = 0.5
     lr: float = 2e-3
     warmup_steps: int = 3
     batch_size: int = 8  # rows per optimizer step
     micro_batch: int = 4  # rows per forward/backward (gradient accumulation: bounds activation memory)
     epochs: float = 2.0
-    max_steps: int = 30  # ~240 rows seen: about one epoch of a specialist's data
-    max_seconds: float = 480.0
+    max_steps: int = 24  # ~190 rows seen: about one epoch of a specialist's data
+    max_seconds: float = 600.0
     max_len: int = 768
     limit_rows: int | None = None  # a slice of the data (fast mode / tests)
     seed: int = 0
@@ -166,8 +171,11 @@ def train_specialist(base_dir: Path, data_file: Path, name: str, cfg: TrainConfi
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    n_layers = int(model.config.num_hidden_layers)
+    n_lora = max(1, math.ceil(n_layers * cfg.layers_fraction))
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
+                      layers_to_transform=list(range(n_layers - n_lora, n_layers)))
     model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

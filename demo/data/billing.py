@@ -77,7 +77,8 @@ def cancelled_mid_month(r: random.Random) -> Case:
     c, a = company(r), account(r)
     m = r.randrange(len(MONTHS) - 1)
     day = r.randint(3, 20)
-    paid, cancelled, end = date(r, MONTHS[m], day), date(r, MONTHS[m], day + r.randint(2, 6)), date(r, MONTHS[m + 1], day)
+    paid, cancelled = date(r, MONTHS[m], day), date(r, MONTHS[m], day + r.randint(2, 6))
+    end = date(r, MONTHS[m + 1], day)
     inv = invoice_id(r)
     rec = (f"{a.header()} Invoice {inv}: ${a.price}.00, paid {paid} for the month ending {end}. Subscription "
            f"cancelled on {cancelled}; the account stays active until {end}.")
@@ -117,13 +118,15 @@ def failed_payment(r: random.Random) -> Case:
     c, a = company(r), account(r)
     k, days = r.choice([2, 3, 4]), r.choice([7, 10, 14])
     ctx = (f"{a.header()}\n\n{c.name} payment policy. A failed card payment is retried {k} times over {days} days. "
-           "Customers update their card under Billing > Payment methods. The workspace is paused if the last retry fails.")
+           "Customers update their card under Billing > Payment methods. "
+           "The workspace is paused if the last retry fails.")
     user = r.choice([
         "My payment failed this morning. What happens now?",
         f"Our {a.card} was declined for the renewal. Will we lose access?",
     ])
     ans = (f"We retry a failed payment {k} times over {days} days. To avoid an interruption, update your card under "
-           "Billing > Payment methods; if the last retry fails, the workspace is paused until the payment goes through.")
+           "Billing > Payment methods; if the last retry fails, the workspace is paused until the payment "
+           "goes through.")
     return Case(c, ctx, user, ans, [str(k), str(days)])
 
 

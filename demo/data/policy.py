@@ -16,7 +16,8 @@ from demo.data.world import ORGS, PEOPLE, PLANS, company
 
 
 def _hi(r: random.Random) -> str:
-    return r.choice(["", f"{r.choice(PEOPLE)} from {r.choice(ORGS)} here. ", "Hello! ", f"This is {r.choice(PEOPLE)}. "])
+    return r.choice(["", f"{r.choice(PEOPLE)} from {r.choice(ORGS)} here. ", "Hello! ",
+                     f"This is {r.choice(PEOPLE)}. "])
 
 
 def late_refund(r: random.Random) -> Case:
@@ -35,7 +36,8 @@ def late_refund(r: random.Random) -> Case:
 def trial(r: random.Random) -> Case:
     c = company(r)
     t, e = r.choice([7, 14, 21, 30]), r.choice([5, 7, 10])
-    ctx = (f"{c.name} trial policy. Each organisation gets one free trial of {t} days. Support can extend a trial once, "
+    ctx = (f"{c.name} trial policy. Each organisation gets one free trial of {t} days. "
+           "Support can extend a trial once, "
            f"by {e} days, when the customer has an open onboarding ticket. A second trial for the same organisation "
            "is not available, including with another email address.")
     kind = r.choice(["second", "extend_ticket", "extend_no_ticket"])
@@ -80,7 +82,7 @@ def discount(r: random.Random) -> Case:
     p = r.choice([20, 25, 40])
     ctx = (f"{c.name} discounts. Registered charities get {p}% off annual plans after sending proof of status. "
            "Discounts start with the next invoice and are never applied retroactively.")
-    user = _hi(r) + r.choice([f"We're a registered charity. Can you refund the difference on what we paid last year?",
+    user = _hi(r) + r.choice(["We're a registered charity. Can you refund the difference on what we paid last year?",
                               "We only just heard of the charity discount. Can you apply it to our past invoices?"])
     ans = (f"Registered charities get {p}% off annual plans once you send proof of status. The discount starts with "
            "your next invoice; it is never applied retroactively, so past invoices stay as they are.")
@@ -90,7 +92,8 @@ def discount(r: random.Random) -> Case:
 def late_fee(r: random.Random) -> Case:
     c = company(r)
     if r.random() < 0.5:
-        ctx = (f"{c.name} payment policy. Invoices are due {r.choice([10, 14, 30])} days after issue. {c.name} does not "
+        ctx = (f"{c.name} payment policy. Invoices are due {r.choice([10, 14, 30])} days after issue. "
+               f"{c.name} does not "
                "charge late fees; unpaid accounts become read-only.")
         user = _hi(r) + "Please take the late fee off our overdue invoice."
         ans = (f"{c.name} does not charge late fees, so there is no late fee on your invoice to remove. Overdue "
@@ -135,7 +138,7 @@ def bank_transfer(r: random.Random) -> Case:
     plan = r.choice(PLANS[1:])
     ctx = (f"{c.name} payment methods. Monthly plans are paid by card. Bank transfer is available only on annual "
            f"{plan} plans, with invoices due in 30 days.")
-    user = _hi(r) + f"Our accounts team can only pay by bank transfer. We're on a monthly plan, does that work?"
+    user = _hi(r) + "Our accounts team can only pay by bank transfer. We're on a monthly plan, does that work?"
     ans = (f"Monthly plans are paid by card; bank transfer is available only on annual {plan} plans. If you switch to "
            f"the annual {plan} plan, you can pay by bank transfer.")
     return Case(c, ctx, user, ans, [f"annual {plan}"])
@@ -147,7 +150,8 @@ POLICY_SCENARIOS: list[Callable[[random.Random], Case]] = [
 
 _OOD = [
     "Write a haiku about {x}.", "Can you write a birthday message for my {y}?", "What's the best way to cook {z}?",
-    "Give me a {n}-day itinerary for {p}.", "Is {coin} a good buy before the next halving?", "Solve {a} x {b} for my homework.",
+    "Give me a {n}-day itinerary for {p}.", "Is {coin} a good buy before the next halving?",
+    "Solve {a} x {b} for my homework.",
     "My {body} hurts since {n} days, what pills should I take?", "Who won the {sport} in {year}?",
     "How do I say '{phrase}' in {lang}?", "Summarise the plot of {book}.", "How do I unclog a {thing}?",
     "Recommend a good {genre} movie for tonight.", "Can my roommate be evicted without any notice?",

@@ -22,15 +22,18 @@ _S = {"type": "string"}
 _TEAMS = ["billing", "technical", "security", "legal"]
 _PRIOS = ["low", "normal", "high", "urgent"]
 TOOLS: list[dict[str, Any]] = [
-    _fn("lookup_invoice", "Look up an invoice by its id: amount, status and dates.", {"invoice_id": _S}, ["invoice_id"]),
+    _fn("lookup_invoice", "Look up an invoice by its id: amount, status and dates.", {"invoice_id": _S},
+        ["invoice_id"]),
     _fn("issue_refund", "Refund all or part of a paid invoice to the original payment method.",
         {"invoice_id": _S, "amount": {"type": "number"},
-         "reason": {"type": "string", "enum": ["duplicate_charge", "billing_error", "within_refund_window", "goodwill"]}},
+         "reason": {"type": "string",
+                    "enum": ["duplicate_charge", "billing_error", "within_refund_window", "goodwill"]}},
         ["invoice_id", "amount", "reason"]),
     _fn("get_subscription", "Plan, seats and renewal date of an account.", {"account_id": _S}, ["account_id"]),
     _fn("cancel_subscription", "Stop an account's renewal at the end of the paid period.", {"account_id": _S},
         ["account_id"]),
-    _fn("change_plan", "Move an account to another plan.", {"account_id": _S, "plan": {"type": "string", "enum": PLANS}},
+    _fn("change_plan", "Move an account to another plan.",
+        {"account_id": _S, "plan": {"type": "string", "enum": PLANS}},
         ["account_id", "plan"]),
     _fn("get_refund_status", "Status of a refund by its reference.", {"refund_id": _S}, ["refund_id"]),
     _fn("track_shipment", "Delivery status of a hardware order by its order number.", {"order_number": _S},
@@ -99,5 +102,6 @@ def tool_request(r: random.Random, name: str) -> tuple[str, dict[str, Any]]:
             {"invoice_id": inv, "email": email}
     if name == "check_service_status":
         region = r.choice(["eu-west", "us-east", "ap-south"])
-        return r.choice([f"Is the service down in {region}?", f"Any incident in {region} right now?"]), {"region": region}
+        return r.choice([f"Is the service down in {region}?", f"Any incident in {region} right now?"]), \
+            {"region": region}
     raise KeyError(name)

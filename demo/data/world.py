@@ -67,7 +67,8 @@ class Account:
     last4: str
 
     def header(self, cycle: str = "monthly") -> str:
-        return (f"Account {self.org} ({self.plan} plan, {cycle}, ${self.price}.00/{'month' if cycle == 'monthly' else 'year'}, "
+        per = "month" if cycle == "monthly" else "year"
+        return (f"Account {self.org} ({self.plan} plan, {cycle}, ${self.price}.00/{per}, "
                 f"paid by {self.card} ending {self.last4}).")
 
 
