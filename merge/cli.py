@@ -14,6 +14,7 @@ module does not import torch (that happens inside the commands).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -40,6 +41,15 @@ def _fail(exc: BaseException) -> NoReturn:
 
 def _sigterm(*_: Any) -> None:
     raise KeyboardInterrupt("SIGTERM")
+
+
+def _interrupted() -> NoReturn:
+    """Cleanup already ran (the temp dir is gone); exit at once. A normal interpreter shutdown
+    could meet native (torch) threads still winding down and abort instead of exiting 130."""
+    click.echo("error: interrupted; nothing was written to the destination", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _parse_size(text: str) -> int:
@@ -108,8 +118,7 @@ def run_command(config: Path, out_dir: Path, dry_run: bool, force: bool, seed: i
             click.echo(f"wrote {out_dir} ({record['output']['tensors']} tensors, "
                        f"{record['output']['bytes'] / 1e6:.1f} MB) in {record['seconds']:.1f}s")
     except KeyboardInterrupt:
-        click.echo("error: interrupted; nothing was written to the destination", err=True)
-        sys.exit(130)
+        _interrupted()
     except (MergeError, OSError) as exc:
         _fail(exc)
     except Exception as exc:  # an internal bug: still one line, with the type, exit 1
@@ -166,8 +175,7 @@ def lora_merge_command(base: Path, adapter: Path, out_dir: Path, force: bool, dt
         rec = merge_adapter_into_base(base, adapter, out_dir, force=force, dtype=dtype, progress=not no_progress)
         click.echo(f"wrote {out_dir} ({rec['output']['tensors']} tensors)")
     except KeyboardInterrupt:
-        click.echo("error: interrupted; nothing was written to the destination", err=True)
-        sys.exit(130)
+        _interrupted()
     except (MergeError, OSError) as exc:
         _fail(exc)
     except Exception as exc:  # an internal bug: still one line, with the type, exit 1

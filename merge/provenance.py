@@ -40,13 +40,15 @@ def _stat_key(p: Path) -> str:
     return f"{p.resolve()}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}"
 
 
-def sha256_file(p: Path) -> str:
+def sha256_file(p: Path, stop: threading.Event | None = None) -> str:
     h = hashlib.sha256()
     buf = bytearray(8 << 20)
     mv = memoryview(buf)
     with open(p, "rb", buffering=0) as fh:
         while n := fh.readinto(mv):
             h.update(mv[:n])
+            if stop is not None and stop.is_set():
+                raise InterruptedError("hashing stopped")
     return h.hexdigest()
 
 
@@ -79,6 +81,7 @@ class SourceHasher:
         self.use_cache = use_cache
         self.out: dict[str, tuple[str, bool]] = {}
         self.error: BaseException | None = None
+        self._stop = threading.Event()
         self._th = threading.Thread(target=self._run, name="merge-source-hasher", daemon=True)
         self._th.start()
 
@@ -91,13 +94,17 @@ class SourceHasher:
                 if key in cache:
                     self.out[str(f)] = (cache[key], True)
                     continue
-                h = sha256_file(f)
+                h = sha256_file(f, self._stop)
                 fresh[key] = h
                 self.out[str(f)] = (h, False)
             if fresh and self.use_cache:
                 _store_cache(fresh)
         except BaseException as exc:
             self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join()
 
     def result(self) -> dict[str, tuple[str, bool]]:
         self._th.join()

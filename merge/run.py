@@ -84,6 +84,7 @@ def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: lis
     shards = plan_layout(slots, plan.options.out_shard_bytes)
     atomic = AtomicDir(out, force)
     writer: ShardedWriter | None = None
+    hasher: provenance.SourceHasher | None = None
     try:
         hasher = provenance.SourceHasher(_shard_files(plan), use_cache=hash_cache)
         writer = ShardedWriter(atomic.tmp, shards)
@@ -107,6 +108,8 @@ def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: lis
         atomic.commit()
         return record
     except BaseException:
+        if hasher is not None:
+            hasher.stop()
         if writer is not None:
             writer.close()
         atomic.abort()

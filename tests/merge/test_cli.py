@@ -316,7 +316,7 @@ def test_kill_mid_merge_leaves_no_destination(tmp_path: Path) -> None:
                 p.wait()
         assert not out.exists()
         if sig == signal.SIGTERM:
-            assert p.returncode == 130
+            assert p.returncode == 130, (p.returncode, (p.stdout.read() if p.stdout else b"")[-1500:])
             assert not list(tmp_path.glob(".out.partial-*")), "SIGTERM must clean the temp dir"
     # the next run removes the stale temp dir of the killed one and completes
     r = subprocess_cli(cfg, out, "--no-progress")
