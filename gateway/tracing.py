@@ -219,6 +219,9 @@ class Tracing:
         if req is None or req.rec is not rec:
             log.warning("tracing: finish() for request %s without its begin() context", rec.request_id)
             return
+        output = getattr(rec, "output", None)  # the proxy keeps the answer for mirrored requests
+        if output is not None and req.sampled and (req.content is None or "gen_ai.output.messages" not in req.content):
+            self.record_content(rec, None, output)
         try:
             _CUR.reset(req.token)
         except ValueError:  # not the context begin() ran in: leave the variable, it dies with the task
@@ -230,23 +233,25 @@ class Tracing:
             att.done(data, None)
         if not req.sampled:
             return
-        if req.content is None and self._record_content() and getattr(rec, "output", None) is not None:
-            req.content = {"gen_ai.output.messages": orjson.dumps([rec.output]).decode()}
         span = SpanData(req.trace_id, req.span_id, req.parent_id, "", SERVER, req.start, end, _RootBuild(rec, req))
         self.exporter.submit(span)
 
-    def record_content(self, rec: RequestRecord, body: dict[str, Any], output: dict[str, Any] | None) -> None:
-        """Keep the prompt (the client's body) and completion (assistant message) for the request's
-        span, when the policy opts in (`telemetry.record_content`); a no-op otherwise."""
+    def record_content(self, rec: RequestRecord, body: dict[str, Any] | None,
+                       output: dict[str, Any] | None = None) -> None:
+        """Keep the prompt (the client's request body) and/or the completion (the assistant
+        message) for the request's span, when the policy opts in (`telemetry.record_content`);
+        a no-op otherwise. May be called twice (input first, output later). Without a call,
+        the span still gets the output from `rec.output` when the proxy kept it."""
         req = _CUR.get()
         if req is None or req.rec is not rec or not self._record_content():
             return
-        c: dict[str, Any] = {}
-        msgs = body.get("messages")
-        if msgs is None:
-            msgs = body.get("prompt", body.get("input"))
-        if msgs is not None:
-            c["gen_ai.input.messages"] = c["input.value"] = orjson.dumps(msgs).decode()
+        c = req.content if req.content is not None else {}
+        if body is not None:
+            msgs = body.get("messages")
+            if msgs is None:
+                msgs = body.get("prompt", body.get("input"))
+            if msgs is not None:
+                c["gen_ai.input.messages"] = c["input.value"] = orjson.dumps(msgs).decode()
         if output is not None:
             c["gen_ai.output.messages"] = c["output.value"] = orjson.dumps([output]).decode()
         req.content = c

@@ -4,10 +4,10 @@ Contract: `BatchExporter.submit(span)` is all a request does (a list append; wit
 `OTEL_BSP_MAX_QUEUE_SIZE` spans waiting, new ones are dropped and counted, never waited on).
 Spans finished during one event-loop iteration are encoded together by one `call_soon` callback,
 which runs once the request's task yields, normally after its response was handed to the
-transport, so encoding does not delay the response it describes. A daemon thread wakes every `OTEL_BSP_SCHEDULE_DELAY` ms (or when
-`OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans are encoded), frames them as one OTLP
-`ExportTraceServiceRequest` and sends it: `http/protobuf` POST (one kept-alive connection, optional
-gzip), or gRPC (extra `otlp-grpc`). A failed export is logged and dropped (no retry queue: the
+transport, so encoding does not delay the response it describes. A daemon thread wakes every
+`OTEL_BSP_SCHEDULE_DELAY` ms (or when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans are encoded), frames
+them as one OTLP `ExportTraceServiceRequest` and sends it: `http/protobuf` POST (one kept-alive
+connection, optional gzip), or gRPC (extra `otlp-grpc`). A failed export is logged and dropped (no retry queue: the
 gateway's memory stays bounded when the collector is down).
 
 Why not the SDK's Span + BatchSpanProcessor + OTLPSpanExporter: measured on this project's
@@ -183,11 +183,16 @@ class Encoder:
         code, msg = s.status
         if code:  # Status: message 2, code 3
             b.append(_ld(15, (_ld(2, msg.encode("utf-8", "replace")) if msg else b"") + b"\x18" + _varint(code)))
-        return b"".join(b)
+        body = b"".join(b)
+        return b"\x12" + _len(len(body)) + body  # framed as ScopeSpans.spans (field 2)
 
     def request(self, spans: list[bytes]) -> bytes:
-        scope_spans = _ld(2, self._scope + b"".join(_ld(2, s) for s in spans))
-        return _ld(1, self._resource + scope_spans)  # ExportTraceServiceRequest.resource_spans
+        """ExportTraceServiceRequest of spans framed by `span()`."""
+        # one join: ExportTraceServiceRequest.resource_spans(1) { resource, scope_spans(2) { scope, spans } }
+        ss_len = len(self._scope) + sum(map(len, spans))
+        ss_head = b"\x12" + _varint(ss_len)
+        rs_len = len(self._resource) + len(ss_head) + ss_len
+        return b"".join([b"\x0a", _varint(rs_len), self._resource, ss_head, self._scope, *spans])
 
 
 # ------------------------------------------------------------------ transport
@@ -323,6 +328,7 @@ class BatchExporter:
         self.dropped = 0
         self.exported = 0
         self.cpu_s = 0.0  # CPU time of the export thread (batching + send)
+        self.encode_cpu_s = 0.0  # CPU time of encode_pending (on the event loop)
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="cohortgate-otlp", daemon=True)
@@ -341,6 +347,7 @@ class BatchExporter:
                 self.encode_pending()
 
     def encode_pending(self) -> None:
+        t0 = time.thread_time()
         pending, q, encoder = self.pending, self.queue, self.encoder
         for s in pending:
             try:
@@ -352,6 +359,7 @@ class BatchExporter:
         pending.clear()
         if len(q) >= self.batch:
             self._wake.set()
+        self.encode_cpu_s += time.thread_time() - t0
 
     def _run(self) -> None:
         while not self._stop:
@@ -385,7 +393,8 @@ class BatchExporter:
         self._wake.set()
         self._thread.join(timeout)
         self.sender.close()
-        log.info("tracing exported %d spans (%.1f us of export-thread CPU each), dropped %d", self.exported,
-                 1e6 * self.cpu_s / max(1, self.exported), self.dropped)
+        n = max(1, self.exported)
+        log.info("tracing exported %d spans (CPU per span: %.1f us encoding on the loop, %.1f us sending), "
+                 "dropped %d", self.exported, 1e6 * self.encode_cpu_s / n, 1e6 * self.cpu_s / n, self.dropped)
         if self.dropped:
             log.warning("tracing dropped %d spans (queue full: raise OTEL_BSP_MAX_QUEUE_SIZE)", self.dropped)

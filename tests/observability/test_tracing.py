@@ -303,3 +303,31 @@ def test_workers_each_export_their_spans(otlp, fake, tmp_path):
     roots = {s["attributes"].get("cohortgate.request_id"): s for s in spans if s["kind"] == "SERVER"}
     assert set(ids) <= set(roots)
     assert roots[ids[0]]["resource"]["service.name"] == "cohortgate-test"
+
+
+def test_record_content_hook_puts_prompt_and_completion_on_the_span(otlp):
+    """`Tracing.record_content(rec, body, output)`: the hook the proxy calls when the policy opts
+    in; a no-op when it does not."""
+    from types import SimpleNamespace
+
+    from gateway.request import RequestRecord
+    from gateway.tracing import Tracing
+    from gateway.tracing_export import make_sender
+
+    for opted_in in (True, False):
+        telemetry = SimpleNamespace(record_content=opted_in)
+        state = SimpleNamespace(runtime=SimpleNamespace(policy=SimpleNamespace(telemetry=telemetry)))
+        t = Tracing(state, make_sender())  # type: ignore[arg-type]
+        rec = RequestRecord(f"req_content_{opted_in}", operation="chat", alias="m")
+        t.begin(rec, {})
+        t.record_content(rec, {"messages": [{"role": "user", "content": "my secret prompt"}]})
+        t.record_content(rec, None, {"role": "assistant", "content": "the answer"})
+        t.finish(rec)
+        t.exporter.shutdown()
+    spans = otlp.wait_for(lambda sp: len(sp) >= 2)
+    by_id = {s["attributes"]["cohortgate.request_id"]: s["attributes"] for s in spans}
+    on, off = by_id["req_content_True"], by_id["req_content_False"]
+    assert orjson.loads(on["gen_ai.input.messages"]) == [{"role": "user", "content": "my secret prompt"}]
+    assert orjson.loads(on["gen_ai.output.messages"]) == [{"role": "assistant", "content": "the answer"}]
+    assert on["input.value"] == on["gen_ai.input.messages"]
+    assert not [k for k in off if "messages" in k or k in ("input.value", "output.value")]
