@@ -68,7 +68,7 @@ def plan_tokenizer(plan: Plan) -> dict[str, Any]:
     mode = plan.cfg.tokenizer_mode
     default = plan.base if plan.base is not None else 0
     hashes = {i: s.tokenizer_hash for i, s in enumerate(srcs) if s.tokenizer_hash is not None}
-    for i, s in enumerate(srcs):
+    for _i, s in enumerate(srcs):
         if s.tokenizer_hash is None:
             plan.warnings.append(f"{s.label}: has no tokenizer files; its vocabulary could not be checked")
     out: dict[str, Any] = {"mode": mode or "default", "source": default, "remap": False}

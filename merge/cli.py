@@ -78,7 +78,8 @@ def command() -> None:
 @click.option("--allow-config-mismatch", is_flag=True, help="Merge although non-shape config fields differ.")
 @click.option("--allow-tokenizer-mismatch", is_flag=True, help="Merge embedding rows by id although tokenizers differ.")
 @click.option("--allow-unrelated-base", is_flag=True, help="Skip the base-lineage check.")
-@click.option("--allow-missing-tensors", is_flag=True, help="Copy tensors missing from some inputs from one that has them.")
+@click.option("--allow-missing-tensors", is_flag=True,
+              help="Copy tensors missing from some inputs from one that has them.")
 @click.option("--out-shard-size", default="5GB", show_default=True, help="Maximum size of one output shard.")
 @click.option("--chunk-elems", type=int, default=1 << 18, show_default=True, help="Elements per processing chunk.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

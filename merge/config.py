@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from merge.errors import ConfigError
 
-Scalar = Union[bool, int, float, str]
-ScalarOrGradient = Union[Scalar, list[Scalar]]
+Scalar = bool | int | float | str
+ScalarOrGradient = Scalar | list[Scalar]
 
 
 class ConditionalParameter(BaseModel):
@@ -32,7 +32,7 @@ class ConditionalParameter(BaseModel):
     filter: str | None = None
 
 
-ParameterSetting = Union[ConditionalParameter, list[ConditionalParameter], ScalarOrGradient]
+ParameterSetting = ConditionalParameter | list[ConditionalParameter] | ScalarOrGradient
 Parameters = dict[str, ParameterSetting]
 
 

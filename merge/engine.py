@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 import torch
 
 from merge.methods.base import one_chunk
@@ -115,7 +114,8 @@ class Engine:
 
     def _emit(self, tp: TensorPlan, out: torch.Tensor, elem_offset: int) -> None:
         data = out.to(_torch_dtype(tp.out_dtype)).contiguous().view(torch.uint8)
-        self.writer.write(tp.name, elem_offset * ST_DTYPES[tp.out_dtype][1], memoryview(data.numpy()))
+        self.writer.write(tp.name, elem_offset * ST_DTYPES[tp.out_dtype][1],
+                          memoryview(data.numpy()))  # type: ignore[arg-type]
 
     def process(self, tp: TensorPlan) -> None:
         shape = tp.shape
@@ -162,7 +162,8 @@ class Engine:
         for r0 in range(0, info.rows, per):
             r1 = min(info.rows, r0 + per)
             raw = src.files.read_rows(info, r0, r1).view(torch.uint8)
-            self.writer.write(tp.name, r0 * info.row_elems * info.itemsize, memoryview(raw.numpy()))
+            self.writer.write(tp.name, r0 * info.row_elems * info.itemsize,
+                              memoryview(raw.numpy()))  # type: ignore[arg-type]
         return True
 
     # ------------------------------------------------------------------ workers

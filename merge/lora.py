@@ -97,7 +97,7 @@ def combine(adapters: list[tuple[dict[str, tuple[Any, Any]], float, int]], weigh
     modules = sorted({m for mods, _, _ in adapters for m in mods})
     out: dict[str, tuple[Any, Any]] = {}
     for m in modules:
-        parts = [(mods[m], s, w) for (mods, s, _), w in zip(adapters, weights) if m in mods]
+        parts = [(mods[m], s, w) for (mods, s, _), w in zip(adapters, weights, strict=False) if m in mods]
         if kind == "cat":
             out[m] = (torch.cat([a for (a, _), _, _ in parts]), torch.cat([b * (w * s) for (_, b), s, w in parts], 1))
         elif kind == "linear":
@@ -109,7 +109,7 @@ def combine(adapters: list[tuple[dict[str, tuple[Any, Any]], float, int]], weigh
             ws = [w for _, _, w in parts]
             zero = torch.zeros_like(deltas[0])
             if kind == "svd":
-                delta = sum(d * w for d, w in zip(deltas, ws))
+                delta = sum(d * w for d, w in zip(deltas, ws, strict=False))
             elif kind == "ties":
                 delta = ties(zero, deltas, ws, [density] * len(deltas), normalize=False)
             else:

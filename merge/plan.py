@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from merge.config import MergeConfig, ModelRef, Parameters, dtype_name, resolve
+from merge.config import InputSlice, MergeConfig, ModelRef, OutputSlice, Parameters, dtype_name, resolve
 from merge.errors import ConfigError, IncompatibleError
 from merge.methods.base import Job, Method
 from merge.methods.registry import get_method
@@ -108,7 +108,7 @@ def _resolve_params(method: Method, scopes_shared: list[Parameters | None],
     shared = {k: resolve(k, p.kind, p.default, scopes_shared, name, t, "the merge") for k, p in
               method.shared_params.items()}
     per = [{k: resolve(k, p.kind, p.default, sc, name, t, label) for k, p in method.model_params.items()}
-           for sc, label in zip(scopes_models, labels)]
+           for sc, label in zip(scopes_models, labels, strict=False)]
     return shared, per
 
 
@@ -153,7 +153,7 @@ def _make(plan: Plan, out_name: str, in_names: list[str], members: list[int], ha
           tok: dict[str, Any]) -> TensorPlan:
     """One output tensor from `members` (source indices; base first when has_base)."""
     method = plan.method
-    present = [i for i, (m, n) in enumerate(zip(members, in_names)) if n in plan.sources[m].files.tensors]
+    present = [i for i, (m, n) in enumerate(zip(members, in_names, strict=False)) if n in plan.sources[m].files.tensors]
     if len(present) < len(members):
         missing = [plan.sources[members[i]].label for i in range(len(members)) if i not in present]
         if not plan.options.allow_missing_tensors or not present:
@@ -174,7 +174,7 @@ def _make(plan: Plan, out_name: str, in_names: list[str], members: list[int], ha
     shared, per = _resolve_params(method, scopes_shared, scopes_models[nb:], in_names[0], t, labels[nb:])
     vocab = tok.get("rows") if tok.get("remap") and _is_vocab(out_name, shape, plan) else None
     inputs = []
-    for k, (m, n) in enumerate(zip(members, in_names)):
+    for _k, (m, n) in enumerate(zip(members, in_names, strict=False)):
         info = plan.sources[m].files.tensors[n]
         ref = InputRef(m, n, vocab[m] if vocab is not None else None)
         if vocab is None and info.shape != shape:
@@ -257,14 +257,14 @@ def _plan_slices(plan: Plan, tok: dict[str, Any]) -> None:
         if not LAYER_RE.match(name):
             (pre if ("embed" in name or name.endswith(("wte.weight", "wpe.weight"))) else post).append(name)
 
-    def slice_ctx(sl):  # type: ignore[no-untyped-def]
+    def slice_ctx(sl: OutputSlice) -> tuple[list[int], bool, dict[int, InputSlice], list[list[Parameters | None]]]:
         base_ref = sl.base_model or cfg.base_model
         members, has_base = _members(plan, [s.model for s in sl.sources], base_ref)
         by = {_source_index(plan.sources, s.model): s for s in sl.sources}
         scopes = [[by[m].parameters if m in by else None, sl.parameters, cfg.parameters] for m in members]
         return members, has_base, by, scopes
 
-    def non_layer(names: list[str], sl) -> None:  # type: ignore[no-untyped-def]
+    def non_layer(names: list[str], sl: OutputSlice) -> None:
         members, has_base, _, scopes = slice_ctx(sl)
         for name in names:
             plan.tensors.append(_make(plan, name, [name] * len(members), members, has_base,

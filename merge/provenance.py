@@ -21,7 +21,6 @@ import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from merge import __version__
 from merge.errors import VerifyError

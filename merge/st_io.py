@@ -137,7 +137,7 @@ class ModelFiles:
         per_row = info.row_elems * info.itemsize
         nbytes = (stop - start) * per_row
         buf = torch.empty(nbytes, dtype=torch.uint8)
-        view = memoryview(buf.numpy())
+        view = memoryview(buf.numpy())  # type: ignore[arg-type]
         fd = self._fd(info.file)
         got = 0
         off = info.offset + start * per_row

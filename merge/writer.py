@@ -206,11 +206,11 @@ class ShardedWriter:
         self._hasher.join()
         if self.error is not None:
             raise self.error
-        missing = [sh.filename for sh, h in zip(self.shards, self.hashes) if h is None]
+        missing = [sh.filename for sh, h in zip(self.shards, self.hashes, strict=False) if h is None]
         if missing:
             raise RuntimeError(f"internal error: shards not completely written: {missing}")
         self.close()
-        return {sh.filename: h for sh, h in zip(self.shards, self.hashes) if h is not None}
+        return {sh.filename: h for sh, h in zip(self.shards, self.hashes, strict=False) if h is not None}
 
     def close(self) -> None:
         with self._cond:

@@ -23,7 +23,7 @@ def combine(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequenc
             normalize: bool, lambda_: float) -> torch.Tensor:
     if not deltas:
         return base.clone()
-    weighted = [d * w if w != 1 else d for d, w in zip(deltas, weights)]
+    weighted = [d * w if w != 1 else d for d, w in zip(deltas, weights, strict=False)]
     if consensus:
         total = weighted[0].clone()
         for wd in weighted[1:]:
@@ -32,7 +32,7 @@ def combine(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequenc
         elected = torch.sign(total).add_(total == 0)
         merged = torch.zeros_like(base)
         divisor = torch.zeros_like(base) if normalize else None
-        for wd, w in zip(weighted, weights):
+        for wd, w in zip(weighted, weights, strict=False):
             # agreeing entries have wd·γ > 0; relu(wd·γ)·γ is wd there and 0 elsewhere
             p = (wd * elected).relu_()
             merged.add_(p)

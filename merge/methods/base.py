@@ -85,6 +85,25 @@ def one_chunk(xs: Sequence[torch.Tensor]) -> Chunks:
 
 
 # ------------------------------------------------------------------ exact k-th largest
+@dataclass
+class _Bracket:
+    """Values in [low, high] collected into a growing preallocated buffer; count above high."""
+
+    high: float
+    low: float
+    buf: torch.Tensor
+    used: int = 0
+    above: int = 0
+
+    def append(self, got: torch.Tensor) -> None:
+        if self.used + got.numel() > self.buf.numel():
+            grown = torch.empty(max(self.buf.numel() * 2, self.used + got.numel()), dtype=torch.float32)
+            grown[: self.used] = self.buf[: self.used]
+            self.buf = grown
+        self.buf[self.used : self.used + got.numel()] = got
+        self.used += got.numel()
+
+
 def kth_largest(values: Callable[[], Iterator[torch.Tensor]], n: int, k: int) -> float:
     """The k-th largest (1-based) of `n` values streamed as 1-D fp32 chunks, exactly."""
     return kth_largest_many(lambda: ([c] for c in values()), n, [(0, k)])[0]
@@ -105,7 +124,7 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
     if not queries:
         return []
     if n <= 1 << 16:
-        whole = [torch.cat(list(parts)) for parts in zip(*values())]
+        whole = [torch.cat(list(parts)) for parts in zip(*values(), strict=False)]
         return [float(whole[s].kthvalue(n - k + 1).values) for s, k in queries]
     if n <= 1 << 20:  # small enough to keep: compute the values once for both passes
         cached = list(values())
@@ -126,13 +145,13 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
             for s in streams:
                 torch.index_select(chunk[s], 0, idx[lo:hi] - off, out=sample[s][lo:hi])
         off += size
-    results: dict[int, float] = {}
+    results: dict[tuple[int, int], float] = {}
     margins = {q: 4.0 * math.sqrt(m * (q[1] / n) * (1 - q[1] / n)) + 16 for q in queries}
     for attempt in range(3):
         todo = [q for q in dict.fromkeys(queries) if q not in results]
         if not todo:
             break
-        brackets = {}
+        brackets: dict[tuple[int, int], _Bracket] = {}
         for q in todo:
             s, k = q
             pos = k / n * m
@@ -140,27 +159,20 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
             hi_v = float(sample[s].kthvalue(m - hi_i).values) if hi_i >= 0 and attempt < 2 else math.inf
             lo_v = float(sample[s].kthvalue(m - lo_i).values) if lo_i < m and attempt < 2 else -math.inf
             cap = min(n, int(n * (2 * margins[q] / m) * 1.5) + 1024) if attempt < 2 else n
-            brackets[q] = [hi_v, lo_v, 0, torch.empty(cap, dtype=torch.float32), 0]  # hi, lo, above, buf, used
+            brackets[q] = _Bracket(hi_v, lo_v, torch.empty(cap, dtype=torch.float32))
         for chunk in values():
             for q, b in brackets.items():
                 c = chunk[q[0]]
-                if b[0] != math.inf:
-                    high = c > b[0]
-                    b[2] += int(torch.count_nonzero(high))
-                    sel = (c >= b[1]).logical_and_(high.logical_not_())
+                if b.high != math.inf:
+                    high = c > b.high
+                    b.above += int(torch.count_nonzero(high))
+                    sel = (c >= b.low).logical_and_(high.logical_not_())
                 else:
-                    sel = c >= b[1]
-                got = c[sel]
-                buf, used = b[3], b[4]
-                if used + got.numel() > buf.numel():
-                    grown = torch.empty(max(buf.numel() * 2, used + got.numel()), dtype=torch.float32)
-                    grown[:used] = buf[:used]
-                    b[3] = buf = grown
-                buf[used : used + got.numel()] = got
-                b[4] = used + got.numel()
+                    sel = c >= b.low
+                b.append(c[sel])
         for q, b in brackets.items():
-            cand = b[3][: b[4]]
-            need = q[1] - b[2]
+            cand = b.buf[: b.used]
+            need = q[1] - b.above
             if 1 <= need <= cand.numel():
                 results[q] = float(cand.kthvalue(cand.numel() - need + 1).values)
             else:

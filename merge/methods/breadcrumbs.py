@@ -69,8 +69,8 @@ def apply_band(delta: torch.Tensor, b: Band) -> torch.Tensor:
 def breadcrumbs(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
                 densities: Sequence[float], gammas: Sequence[float], *, consensus: bool, lambda_: float = 1.0,
                 normalize: bool = False) -> torch.Tensor:
-    found = bands(one_chunk([base, *tensors]), base.numel(), list(zip(densities, gammas)))
-    deltas = [apply_band(x - base, b) for x, b in zip(tensors, found)]
+    found = bands(one_chunk([base, *tensors]), base.numel(), list(zip(densities, gammas, strict=False)))
+    deltas = [apply_band(x - base, b) for x, b in zip(tensors, found, strict=False)]
     return combine(base, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
 
 
@@ -96,6 +96,6 @@ class Breadcrumbs(Method):
 
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         base = xs[0]
-        deltas = [apply_band(x - base, b) for x, b in zip(xs[1:], state)]
+        deltas = [apply_band(x - base, b) for x, b in zip(xs[1:], state, strict=False)]
         return combine(base, deltas, [p["weight"] for p in job.per_model], consensus=self.consensus,
                        normalize=job.shared["normalize"], lambda_=job.shared["lambda"])

@@ -41,7 +41,7 @@ def dare(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[
          densities: Sequence[float], *, consensus: bool, seed: int = 0, name: str = "", lambda_: float = 1.0,
          normalize: bool = False, rescale: bool = True) -> torch.Tensor:
     deltas = [dare_drop((x - base).reshape(-1), d, rescale, (seed, name, i)).reshape(base.shape)
-              for i, (x, d) in enumerate(zip(tensors, densities))]
+              for i, (x, d) in enumerate(zip(tensors, densities, strict=False))]
     return combine(base, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
 
 
@@ -61,6 +61,6 @@ class Dare(Method):
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         base = xs[0]
         deltas = [dare_drop(x - base, p["density"], job.shared["rescale"], (job.seed, job.name, mid), offset)
-                  for x, p, mid in zip(xs[1:], job.per_model, job.model_ids)]
+                  for x, p, mid in zip(xs[1:], job.per_model, job.model_ids, strict=False)]
         return combine(base, deltas, [p["weight"] for p in job.per_model], consensus=self.consensus,
                        normalize=job.shared["normalize"], lambda_=job.shared["lambda"])

@@ -57,7 +57,7 @@ def della(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence
           name: str = "", lambda_: float = 1.0, normalize: bool = True, rescale: bool = True) -> torch.Tensor:
     row = base.shape[-1] if base.dim() >= 1 else 1
     deltas = [della_drop((x - base).reshape(-1), row, d, e, rescale, (seed, name, i)).reshape(base.shape)
-              for i, (x, d, e) in enumerate(zip(tensors, densities, epsilons))]
+              for i, (x, d, e) in enumerate(zip(tensors, densities, epsilons, strict=False))]
     return combine(base, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
 
 
@@ -82,6 +82,6 @@ class Della(Method):
         base = xs[0]
         deltas = [della_drop(x - base, job.row, p["density"], p["epsilon"], job.shared["rescale"],
                              (job.seed, job.name, mid), offset)
-                  for x, p, mid in zip(xs[1:], job.per_model, job.model_ids)]
+                  for x, p, mid in zip(xs[1:], job.per_model, job.model_ids, strict=False)]
         return combine(base, deltas, [p["weight"] for p in job.per_model], consensus=self.consensus,
                        normalize=job.shared["normalize"], lambda_=job.shared["lambda"])

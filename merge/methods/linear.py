@@ -24,7 +24,7 @@ def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize:
     if normalize and abs(total) < 1e-8:
         raise ValueError(f"weights {list(weights)} sum to 0 with normalize: true (division by zero)")
     out = tensors[0] * weights[0]
-    for x, w in zip(tensors[1:], weights[1:]):
+    for x, w in zip(tensors[1:], weights[1:], strict=False):
         out.add_(x, alpha=w)
     if normalize:
         out.div_(total)

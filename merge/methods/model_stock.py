@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from merge.methods.base import Chunks, Job, Method, Param, one_chunk
+from merge.methods.base import Chunks, Job, Method, Param
 
 
 def stock_t(cos: torch.Tensor, n: int) -> torch.Tensor:
@@ -82,4 +82,5 @@ class ModelStock(Method):
             return model_stock(base.reshape(-1, row), [x.reshape(-1, row) for x in others], True).reshape(-1)
         t = state
         avg = sum(others[1:], others[0].clone()) / len(others)
-        return avg * t + base * (1 - t)
+        out: torch.Tensor = avg * t + base * (1 - t)
+        return out

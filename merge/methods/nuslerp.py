@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from merge.methods.base import Chunks, Job, Method, Param, one_chunk
+from merge.methods.base import Chunks, Job, Method, Param
 
 EPS = 1e-8
 NORM_EPS = 1e-7
@@ -104,4 +104,5 @@ class NuSlerp(Method):
                 r = nuslerp_vectors(t, a.reshape(job.shape), b.reshape(job.shape), 0).reshape(-1)
             else:
                 r = nuslerp_vectors(t, a.reshape(-1, job.row), b.reshape(-1, job.row), -1).reshape(-1)
-        return r if base is None else base + r
+        out: torch.Tensor = r if base is None else base + r
+        return out

@@ -62,4 +62,5 @@ class Slerp(Method):
 
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         ca, cb = state
-        return xs[0] * ca + xs[1] * cb
+        out: torch.Tensor = xs[0] * ca + xs[1] * cb
+        return out

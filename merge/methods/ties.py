@@ -43,7 +43,7 @@ def magnitude_thresholds(chunks: Chunks, n: int, densities: list[float]) -> list
             yield [(x - xs[0]).abs_() if any(q[0] == i for q in queries) else xs[0]
                    for i, x in enumerate(xs[1:])]
 
-    for (i, _), v in zip(queries, kth_largest_many(values, n, queries)):
+    for (i, _), v in zip(queries, kth_largest_many(values, n, queries), strict=False):
         out[i] = v
     return out
 
@@ -66,7 +66,7 @@ def trim(delta: torch.Tensor, threshold: float | None) -> torch.Tensor:
 def ties(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
          densities: Sequence[float], lambda_: float = 1.0, normalize: bool = True) -> torch.Tensor:
     thr = magnitude_thresholds(one_chunk([base, *tensors]), base.numel(), list(densities))
-    deltas = [trim(x - base, t) for x, t in zip(tensors, thr)]
+    deltas = [trim(x - base, t) for x, t in zip(tensors, thr, strict=False)]
     return combine(base, deltas, weights, consensus=True, normalize=normalize, lambda_=lambda_)
 
 
@@ -86,6 +86,6 @@ class Ties(Method):
 
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         base = xs[0]
-        deltas = [trim(x - base, t) for x, t in zip(xs[1:], state)]
+        deltas = [trim(x - base, t) for x, t in zip(xs[1:], state, strict=False)]
         return combine(base, deltas, [p["weight"] for p in job.per_model], consensus=True,
                        normalize=job.shared["normalize"], lambda_=job.shared["lambda"])

@@ -122,7 +122,7 @@ def test_combine_cat_is_exact(tmp_path: Path, adapters: dict[str, Path]) -> None
     assert gs == 1.0
     srcs = [lora_parts(adapters[k]) for k in "abc"]
     for mod in got:
-        want = sum(w * delta_of(p, s, mod) for (p, s), w in zip(srcs, [0.5, 1.0, -0.7]) if mod in p)
+        want = sum(w * delta_of(p, s, mod) for (p, s), w in zip(srcs, [0.5, 1.0, -0.7], strict=False) if mod in p)
         assert torch.allclose(delta_of(got, 1.0, mod), want, atol=1e-6)
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 10
     assert (out / "provenance.json").exists()
@@ -137,18 +137,19 @@ def test_combine_svd_exact_at_full_rank_and_loads_in_peft(tmp_path: Path, models
     got, _ = lora_parts(out)
     srcs = [lora_parts(adapters[k]) for k in "ac"]
     for mod in got:
-        want = sum(w * delta_of(p, s, mod) for (p, s), w in zip(srcs, [1.0, 2.0]) if mod in p)
+        want = sum(w * delta_of(p, s, mod) for (p, s), w in zip(srcs, [1.0, 2.0], strict=False) if mod in p)
         assert torch.allclose(delta_of(got, 1.0, mod), want, atol=1e-5)
     merged = peft_merged(models["base"], out)  # PEFT itself loads the combined adapter
     base = read_all(models["base"])
     k = "model.layers.0.self_attn.q_proj.weight"
-    assert torch.allclose(merged[k] - base[k], sum(w * delta_of(p, s, k) for (p, s), w in zip(srcs, [1.0, 2.0])),
-                          atol=1e-5)
+    want = sum(w * delta_of(p, s, k) for (p, s), w in zip(srcs, [1.0, 2.0], strict=False))
+    assert torch.allclose(merged[k] - base[k], want, atol=1e-5)
 
 
 def test_combine_svd_truncates_rank(tmp_path: Path, adapters: dict[str, Path]) -> None:
     out = tmp_path / "svd2"
-    assert cg("lora-combine", adapters["a"], adapters["c"], "--out", out, "--method", "svd", "--rank", "2").exit_code == 0
+    r = cg("lora-combine", adapters["a"], adapters["c"], "--out", out, "--method", "svd", "--rank", "2")
+    assert r.exit_code == 0, r.output
     got, _ = lora_parts(out)
     assert all(a.shape[0] == 2 for a, _ in got.values())
 

@@ -169,12 +169,12 @@ def test_bf16_ties_is_computed_in_fp32(mergekit: Path, models: dict[str, Path], 
         w2 = 0.2 if layer in (None, "0") else 1.0  # weight gradient [0.2, 1.0] over 2 layers
         w = [1.0, w2, 0.6]
         deltas = []
-        for xi, d in zip(x[1:], dens):
+        for xi, d in zip(x[1:], dens, strict=False):
             dl = xi - x[0]
             kk = max(1, int(d * dl.numel()))
             thr = dl.abs().reshape(-1).sort(descending=True).values[kk - 1]
             deltas.append(dl * (dl.abs() >= thr))
-        wd = torch.stack([dl * wi for dl, wi in zip(deltas, w)])
+        wd = torch.stack([dl * wi for dl, wi in zip(deltas, w, strict=False)])
         elected = torch.where(wd.sum(0) >= 0, 1.0, -1.0).double()
         agree = (wd * elected) > 0
         den = (agree.double() * torch.tensor(w, dtype=torch.float64).view(-1, *[1] * x[0].dim())).sum(0)

@@ -57,12 +57,12 @@ def ref_disjoint(base: torch.Tensor, deltas: list[torch.Tensor], w: list[float],
                  lam: float, consensus: bool = True) -> torch.Tensor:
     out = base.clone().view(-1)
     for j in range(out.numel()):
-        vals = [float(d.view(-1)[j]) * wi for d, wi in zip(deltas, w)]
+        vals = [float(d.view(-1)[j]) * wi for d, wi in zip(deltas, w, strict=False)]
         if consensus:
             gamma = 1.0 if sum(vals) >= 0 else -1.0
-            sel = [(v, wi) for v, wi in zip(vals, w) if v != 0 and math.copysign(1, v) == gamma]
+            sel = [(v, wi) for v, wi in zip(vals, w, strict=False) if v != 0 and math.copysign(1, v) == gamma]
         else:
-            sel = list(zip(vals, w))
+            sel = list(zip(vals, w, strict=False))
         num = sum(v for v, _ in sel)
         den = sum(wi for _, wi in sel) if consensus else sum(w)
         if normalize:
@@ -120,7 +120,7 @@ def test_ties_reference(trio: tuple[torch.Tensor, list[torch.Tensor]], densities
                         normalize: bool) -> None:
     base, xs = trio
     w = [0.6, 1.4]
-    deltas = [(x - base) * ref_topk_mask(x - base, d) for x, d in zip(xs, densities)]
+    deltas = [(x - base) * ref_topk_mask(x - base, d) for x, d in zip(xs, densities, strict=False)]
     close(ties(base, xs, w, densities, lambda_=0.9, normalize=normalize),
           ref_disjoint(base, deltas, w, normalize, 0.9))
 
@@ -151,7 +151,7 @@ def test_kth_largest_exact_on_big_and_adversarial_inputs() -> None:
 def ref_dare(base: torch.Tensor, xs: list[torch.Tensor], w: list[float], dens: list[float], seed: int, name: str,
              consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
     deltas = []
-    for i, (x, d) in enumerate(zip(xs, dens)):
+    for i, (x, d) in enumerate(zip(xs, dens, strict=False)):
         u = uniform((seed, name, i), 0, base.numel()).view(base.shape)  # the documented random stream
         if d >= 1:
             deltas.append(x - base)
@@ -208,7 +208,7 @@ def test_breadcrumbs_reference(trio: tuple[torch.Tensor, list[torch.Tensor]], co
     base, xs = trio
     w = [0.7, 0.3]
     dens, gam = [p[0] for p in dg], [p[1] for p in dg]
-    deltas = [(x - base) * ref_band_mask(x - base, d, g) for x, d, g in zip(xs, dens, gam)]
+    deltas = [(x - base) * ref_band_mask(x - base, d, g) for x, d, g in zip(xs, dens, gam, strict=False)]
     got = breadcrumbs(base, xs, w, dens, gam, consensus=consensus, normalize=consensus)
     close(got, ref_disjoint(base, deltas, w, consensus, 1.0, consensus=consensus))
 
@@ -227,7 +227,7 @@ def test_della_reference(trio: tuple[torch.Tensor, list[torch.Tensor]], consensu
     base, xs = trio
     w, dens, eps = [0.5, 1.0], [0.4, 0.6], [0.1, 0.2]
     deltas = []
-    for i, (x, d, e) in enumerate(zip(xs, dens, eps)):
+    for i, (x, d, e) in enumerate(zip(xs, dens, eps, strict=False)):
         delta = x - base
         u = uniform((5, "t", i), 0, base.numel()).view(base.shape)
         out = torch.zeros_like(delta)
