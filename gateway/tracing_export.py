@@ -109,6 +109,14 @@ def _any(v: Any) -> bytes:
     return _ld(1, str(v).encode("utf-8", "replace"))
 
 
+def _int_prefixes(key: str) -> tuple[bytes, bytes]:
+    """Span attribute KeyValue bytes for `key` = an int of one / two varint bytes, minus those bytes."""
+    kb = _ld(1, key.encode())
+    one = kb + b"\x12\x02\x18"  # value: AnyValue{int_value (3)} of 2 bytes
+    two = kb + b"\x12\x03\x18"
+    return (b"\x4a" + _len(len(one) + 1) + one, b"\x4a" + _len(len(two) + 2) + two)
+
+
 def _kv(field: int, key: str, v: Any) -> bytes:
     return _ld(field, _ld(1, key.encode()) + _ld(2, _any(v)))
 
@@ -117,6 +125,7 @@ class Encoder:
     def __init__(self, resource: dict[str, Any], scope: str, version: str) -> None:
         self._cache: dict[tuple[str, Any], bytes] = {}
         self._keys: dict[str, bytes] = {}
+        self._ints: dict[str, tuple[bytes, bytes]] = {}
         self._fixed: dict[Any, bytes] = {}
         res = b"".join(_kv(1, k, v) for k, v in resource.items())
         self._resource = _ld(1, res)  # ResourceSpans.resource
@@ -126,7 +135,7 @@ class Encoder:
         """Span.attributes (field 9), inlined for the common value types. Whole KeyValues of
         str/bool values are cached (except per-request strings such as ids); otherwise only the
         key's encoding is (token counts, timings, ids)."""
-        cache, keys = self._cache, self._keys
+        cache, keys, ints = self._cache, self._keys, self._ints
         parts = []
         for k, v in attrs.items():
             t = type(v)
@@ -138,9 +147,16 @@ class Encoder:
                     b = cache[(k, v)] = _kv(9, k, v)
                 parts.append(b)
                 continue
-            if t is int and 0 <= v < 0x4000:  # token counts: a one- or two-byte varint
-                av = b"\x18" + (bytes((v,)) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)))
-            elif t is float:
+            if t is int and 0 <= v < 0x4000:  # token counts: the whole KeyValue but 1-2 bytes is per key
+                pre = ints.get(k)
+                if pre is None:
+                    pre = ints[k] = _int_prefixes(k)
+                if v < 0x80:
+                    parts.append(pre[0] + _SMALL[v])
+                else:
+                    parts.append(pre[1] + bytes(((v & 0x7F) | 0x80, v >> 7)))
+                continue
+            if t is float:
                 av = b"\x21" + _pack_double(v)
             elif t is str:
                 vb = v.encode("utf-8", "replace")
