@@ -164,3 +164,28 @@ def test_sdk_sees_mid_stream_error_as_exception(fake, gateway):
         for _ in c.chat.completions.create(model="m", stream=True, messages=[
                 {"role": "user", "content": "one two three four five six seven eight"}]):
             pass
+
+
+def test_active_health_probe_ejects_and_restores(fake, gateway):
+    a, b = fake("a"), fake("b")
+    text = policy({"a": a.url, "b": b.url}, CHAIN).replace(
+        "timeouts:", "health: {probe_path: /health, probe_interval_s: 0.2, probe_timeout_s: 1}\n    timeouts:", 1)
+    g = gateway(text)
+    assert post(g).headers["x-upstream"] == "a"
+    a.set("503")  # its /health answers 503 now
+
+    def probed(state: str) -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if httpx.get(g.url + "/readyz").json()["upstreams"]["a"] == state:
+                return True
+            time.sleep(0.1)
+        return False
+
+    assert probed("probe_failed")
+    count = a.state.count
+    r = post(g)
+    assert r.headers["x-upstream"] == "b" and a.state.count == count  # a is skipped, not tried
+    a.set("none")
+    assert probed("up")
+    assert post(g).headers["x-upstream"] == "a"
