@@ -43,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.request import Attempt, RequestRecord
-from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, BatchExporter, Encoder, SpanData, make_sender
+from gateway.tracing_attrs import AttemptBuild, RootBuild, server_attrs, upstream_status
+from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, BatchExporter, Encoder, SpanData
+from gateway.tracing_send import make_sender
 
 if TYPE_CHECKING:
     from gateway.state import AppState
@@ -54,19 +56,6 @@ log = logging.getLogger("cohortgate.tracing")
 _CUR: ContextVar[_Req | None] = ContextVar("cohortgate_trace", default=None)
 _SHADOW_LINKS = 4096  # primaries remembered for shadow-span links (mirrors may run after them)
 _rand = random.Random()  # ids need uniqueness, not secrecy; seeded from os.urandom
-
-# request body field -> span attribute
-_PARAM_ATTRS = {
-    "temperature": "gen_ai.request.temperature",
-    "top_p": "gen_ai.request.top_p",
-    "top_k": "gen_ai.request.top_k",
-    "max_tokens": "gen_ai.request.max_tokens",
-    "max_completion_tokens": "gen_ai.request.max_tokens",
-    "seed": "gen_ai.request.seed",
-    "frequency_penalty": "gen_ai.request.frequency_penalty",
-    "presence_penalty": "gen_ai.request.presence_penalty",
-}
-
 
 def configured() -> bool:
     """True when the standard OTEL_* variables ask for OTLP trace export."""
@@ -233,7 +222,7 @@ class Tracing:
             att.done(data, None)
         if not req.sampled:
             return
-        span = SpanData(req.trace_id, req.span_id, req.parent_id, "", SERVER, req.start, end, _RootBuild(rec, req))
+        span = SpanData(req.trace_id, req.span_id, req.parent_id, "", SERVER, req.start, end, RootBuild(rec, req))
         self.exporter.submit(span)
 
     def record_content(self, rec: RequestRecord, body: dict[str, Any] | None,
@@ -278,7 +267,7 @@ class Tracing:
         }
         if client is not None:
             span.attrs["gen_ai.provider.name"] = client.spec.provider
-            span.attrs.update(_server(client))
+            span.attrs.update(server_attrs(client))
         if primary is not None:
             span.links.append((primary[0], primary[1], {"cohortgate.link": "primary"}))
         token = _CUR.set(req)
@@ -308,113 +297,6 @@ class Tracing:
         if hit is not None and hit[0] is rec:  # identity check: ids of dead records are reused
             return hit[1], hit[2]
         return None
-
-
-# ------------------------------------------------------------------ attributes (export thread)
-def _server(client: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    addr = getattr(client, "address", None)
-    if addr:
-        out["server.address"] = addr
-    port = getattr(client, "port", None)
-    if port:
-        out["server.port"] = int(port)
-    return out
-
-
-def _request_params(a: dict[str, Any], params: dict[str, Any]) -> None:
-    for k, v in params.items():
-        attr = _PARAM_ATTRS.get(k)
-        if attr is not None and isinstance(v, int | float) and not isinstance(v, bool):
-            a[attr] = v
-        elif k == "stop" and v:
-            a["gen_ai.request.stop_sequences"] = [v] if isinstance(v, str) else [str(s) for s in v]
-        elif k == "n" and isinstance(v, int) and v != 1:
-            a["gen_ai.request.choice.count"] = v
-
-
-def _usage(a: dict[str, Any], rec: RequestRecord) -> None:
-    tin, tout = rec.input_tokens, rec.output_tokens
-    if isinstance(tin, int):
-        a["gen_ai.usage.input_tokens"] = a["llm.token_count.prompt"] = tin
-    if isinstance(tout, int):
-        a["gen_ai.usage.output_tokens"] = a["llm.token_count.completion"] = tout
-    if isinstance(tin, int) and isinstance(tout, int):
-        a["llm.token_count.total"] = tin + tout
-
-
-class _RootBuild:
-    """Fills the request span from its RequestRecord, in the export thread. Attributes that
-    repeat across requests (cohort, route, models, outcome...) form the `fixed` block, encoded
-    once per distinct combination; the per-request ones (ids, tokens, timings) go to `attrs`."""
-
-    __slots__ = ("rec", "req")
-
-    def __init__(self, rec: RequestRecord, req: _Req) -> None:
-        self.rec, self.req = rec, req
-
-    def __call__(self, s: SpanData) -> None:
-        rec = self.rec
-        s.name = f"{rec.operation} {rec.alias}" if rec.alias else rec.operation
-        s.fixed = (("root", rec.operation, rec.stream, rec.outcome, len(rec.attempts), rec.mirrored, rec.status,
-                    rec.alias, self.req.client, rec.response_model, rec.served_model, rec.error_type, rec.cohort,
-                    rec.route_id, rec.served_by, rec.arm, rec.fallback_reason, rec.key_name,
-                    tuple(rec.finish_reasons)), self.fixed)
-        a = s.attrs = {"cohortgate.request_id": rec.request_id}
-        if rec.request_params:
-            _request_params(a, rec.request_params)
-        _usage(a, rec)
-        if rec.ttft_s is not None:
-            a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
-        if rec.cohort:
-            a["cohortgate.cohort.reason"] = rec.cohort_reason
-            if rec.cohort_confidence is not None:
-                a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
-        if rec.error_type is not None:
-            s.status = (STATUS_ERROR, rec.error_type)
-        if self.req.content:
-            a.update(self.req.content)
-        for name, score, passed, upstream in rec.evals:
-            s.events.append(("gen_ai.evaluation.result", s.end, {
-                "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
-                "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream}))
-
-    def fixed(self) -> dict[str, Any]:
-        rec, client = self.rec, self.req.client
-        a: dict[str, Any] = {
-            "gen_ai.operation.name": rec.operation,
-            "gen_ai.request.stream": rec.stream,
-            "openinference.span.kind": "LLM",
-            "cohortgate.outcome": rec.outcome,
-            "cohortgate.attempts": len(rec.attempts),
-            "cohortgate.mirror": rec.mirrored,
-            "http.response.status_code": rec.status,
-        }
-        if rec.alias:
-            a["gen_ai.request.model"] = rec.alias
-        if client is not None:
-            a["gen_ai.provider.name"] = client.spec.provider
-            a.update(_server(client))
-        model = rec.response_model or rec.served_model
-        if model:
-            a["gen_ai.response.model"] = a["llm.model_name"] = model
-        if rec.finish_reasons:
-            a["gen_ai.response.finish_reasons"] = [str(r) for r in rec.finish_reasons]
-        if rec.error_type is not None:
-            a["error.type"] = rec.error_type
-        if rec.cohort:
-            a["cohortgate.cohort"] = rec.cohort
-        if rec.route_id:
-            a["cohortgate.route"] = rec.route_id
-        if rec.served_by:
-            a["cohortgate.target"] = rec.served_by
-            a["cohortgate.target.model"] = rec.served_model
-            a["cohortgate.canary_arm"] = rec.arm or "-"
-        if rec.fallback_reason:
-            a["cohortgate.fallback.reason"] = rec.fallback_reason
-        if rec.key_name:
-            a["cohortgate.caller"] = rec.key_name
-        return a
 
 
 class _AttemptSpan:
@@ -462,56 +344,10 @@ class _AttemptSpan:
         rec = self.rec
         if exc is not None:
             outcome = str(getattr(exc, "reason", None) or type(exc).__name__)
-            status = _upstream_status(exc)
+            status = upstream_status(exc)
         elif rec.outcome in ("ok", "client_closed"):
             outcome, status = "ok", None
         else:  # a committed stream that failed after its first event
             outcome, status = rec.error_type or rec.outcome, None
-        data.build = _AttemptBuild(self, outcome, status if isinstance(status, int) else None)
+        data.build = AttemptBuild(self, outcome, status if isinstance(status, int) else None)
         self.t.exporter.submit(data)
-
-
-def _upstream_status(exc: BaseException) -> int | None:
-    """The HTTP status the upstream answered, when it answered (not a timeout or reset)."""
-    status = getattr(exc, "upstream_status", None)
-    if isinstance(status, int):
-        return status
-    code = getattr(exc, "code", None)  # UpstreamUnavailable carries "upstream_<status>"
-    if isinstance(code, str) and code.startswith("upstream_") and code[9:].isdigit():
-        return int(code[9:])
-    return None
-
-
-class _AttemptBuild:
-    __slots__ = ("att", "outcome", "status")
-
-    def __init__(self, att: _AttemptSpan, outcome: str, status: int | None) -> None:
-        self.att, self.outcome, self.status = att, outcome, status
-
-    def __call__(self, s: SpanData) -> None:
-        rec, c = self.att.rec, self.att.client
-        served = self.outcome == "ok" and rec.served_by == c.name
-        s.fixed = (("attempt", rec.operation, c, self.att.n, self.outcome, self.status,
-                    rec.response_model if served else None), self.fixed)
-        if self.outcome != "ok":
-            s.status = (STATUS_ERROR, self.outcome)
-
-    def fixed(self) -> dict[str, Any]:
-        att, rec, c = self.att, self.att.rec, self.att.client
-        a: dict[str, Any] = {
-            "gen_ai.operation.name": rec.operation,
-            "gen_ai.provider.name": c.spec.provider,
-            "gen_ai.request.model": c.spec.model,
-            "cohortgate.attempt": att.n,
-            "cohortgate.attempt.outcome": self.outcome,
-            "cohortgate.target": c.name,
-            **_server(c),
-        }
-        if self.outcome == "ok":
-            if rec.served_by == c.name and rec.response_model:
-                a["gen_ai.response.model"] = rec.response_model
-        else:
-            a["error.type"] = self.outcome
-        if self.status is not None:
-            a["http.response.status_code"] = self.status
-        return a

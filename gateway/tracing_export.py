@@ -14,20 +14,19 @@ Why not the SDK's Span + BatchSpanProcessor + OTLPSpanExporter: measured on this
 benchmark machine, they cost about 150 us of CPU per request for our two spans on the request
 path (attribute validation under a lock, per attribute) plus about 150 us in the export thread
 (one protobuf object per attribute): more than the gateway's own work per request. Here a
-request costs about 6 us in its hooks and about 10 us to encode and send. The wire format is the
+request costs about 6 us in its hooks, and 15-25 us to encode and send its two spans (measured
+in the running gateway: the shutdown log line reports both per span). The wire format is the
 same OTLP protobuf (field numbers from opentelemetry-proto `trace/v1/trace.proto` and
 `common/v1/common.proto`; the tests decode it with opentelemetry-proto). Attributes shared by many
 spans (cohort, route, models, outcome...) are encoded once per distinct combination (`fixed`),
-and str/bool attributes once per distinct value; both caches are bounded.
-Encoding on the loop rather than in the export thread: it finds the records still in cache and
-pays no GIL handoffs, which measured at a third of the CPU.
+str/bool attributes once per distinct value, int attributes from per-key prefixes; the caches
+are bounded. Encoding on the loop rather than in the export thread finds the records still in
+cache and pays no GIL handoffs: it measured at a third of the CPU. Transport: tracing_send.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import http.client
 import logging
 import os
 import struct
@@ -36,7 +35,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("cohortgate.tracing")
 
@@ -209,112 +207,6 @@ class Encoder:
         ss_head = b"\x12" + _varint(ss_len)
         rs_len = len(self._resource) + len(ss_head) + ss_len
         return b"".join([b"\x0a", _varint(rs_len), self._resource, ss_head, self._scope, *spans])
-
-
-# ------------------------------------------------------------------ transport
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}") \
-        or default
-
-
-def _headers() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in _env("HEADERS").split(","):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            out[unquote(k.strip()).lower()] = unquote(v.strip())
-    return out
-
-
-def protocol() -> str:
-    return _env("PROTOCOL", "http/protobuf").strip().lower()
-
-
-class HTTPSender:
-    """POST http/protobuf to the traces endpoint over one kept-alive connection."""
-
-    def __init__(self) -> None:
-        specific = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        url = specific or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") \
-            + "/v1/traces"
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RuntimeError(f"OTLP endpoint {url!r} is not an http(s) URL")
-        self.url = url
-        self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
-        self._path = parts.path or "/v1/traces"
-        self._timeout = float(_env("TIMEOUT", "10000")) / 1000.0
-        self._gzip = _env("COMPRESSION").strip().lower() == "gzip"
-        self._headers = {"content-type": "application/x-protobuf", **_headers()}
-        if self._gzip:
-            self._headers["content-encoding"] = "gzip"
-        self._conn: http.client.HTTPConnection | None = None
-
-    def send(self, body: bytes) -> None:
-        if self._gzip:
-            body = gzip.compress(body, compresslevel=1)
-        for attempt in (1, 2):  # one reconnect: the collector may have closed the idle connection
-            try:
-                if self._conn is None:
-                    cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                    self._conn = cls(self._host, self._port, timeout=self._timeout)
-                self._conn.request("POST", self._path, body=body, headers=self._headers)
-                resp = self._conn.getresponse()
-                resp.read()
-                if resp.status >= 300:
-                    log.warning("OTLP export to %s answered %s", self.url, resp.status)
-                return
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                if attempt == 2:
-                    log.warning("OTLP export to %s failed: %s", self.url, exc)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-class GRPCSender:
-    """OTLP/gRPC TraceService.Export (extra `otlp-grpc` provides grpcio)."""
-
-    def __init__(self) -> None:
-        try:
-            import grpc
-            from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-        except ImportError as exc:
-            raise RuntimeError("OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs grpcio: pip install 'cohortgate[otlp-grpc]' "
-                               "(or use http/protobuf)") from exc
-        endpoint = _env("ENDPOINT", "http://localhost:4317")
-        parts = urlsplit(endpoint if "://" in endpoint else "http://" + endpoint)
-        target = f"{parts.hostname}:{parts.port or 4317}"
-        insecure = parts.scheme == "http" or _env("INSECURE").lower() == "true"
-        self._channel = grpc.insecure_channel(target) if insecure else grpc.secure_channel(
-            target, grpc.ssl_channel_credentials())
-        self._stub = trace_service_pb2_grpc.TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._request = trace_service_pb2.ExportTraceServiceRequest
-        self._metadata = list(_headers().items())
-        self._timeout = float(_env("TIMEOUT", "10000")) / 1000.0
-        self.url = target
-
-    def send(self, body: bytes) -> None:
-        try:
-            self._stub.Export(self._request.FromString(body), metadata=self._metadata, timeout=self._timeout)
-        except Exception as exc:  # grpc.RpcError and friends: log, drop the batch
-            log.warning("OTLP/gRPC export to %s failed: %s", self.url, exc)
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-def make_sender() -> HTTPSender | GRPCSender:
-    p = protocol()
-    if p == "grpc":
-        return GRPCSender()
-    if p != "http/protobuf":
-        raise RuntimeError(f"OTEL_EXPORTER_OTLP_PROTOCOL={p!r} is not supported: use http/protobuf or grpc")
-    return HTTPSender()
 
 
 # ------------------------------------------------------------------ batching

@@ -312,7 +312,7 @@ def test_record_content_hook_puts_prompt_and_completion_on_the_span(otlp):
 
     from gateway.request import RequestRecord
     from gateway.tracing import Tracing
-    from gateway.tracing_export import make_sender
+    from gateway.tracing_send import make_sender
 
     for opted_in in (True, False):
         telemetry = SimpleNamespace(record_content=opted_in)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.tracing import Sampler, parse_traceparent
-from gateway.tracing_export import make_sender
+from gateway.tracing_send import make_sender
 from tests.gateway.conftest import policy
 from tests.helpers import PYTHON, ROOT
 
