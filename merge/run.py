@@ -10,6 +10,7 @@ exception (or Ctrl-C / SIGTERM turned into one by the CLI) removes the temp dir.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -93,6 +94,7 @@ def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: lis
         engine = Engine(plan, writer, on_progress=bar.advance)
         with bar:
             engine.run(poll=bar.refresh)
+        t_engine = time.monotonic()
         out_hashes = writer.finish()
         writer.write_index()
         _write_metadata(plan, atomic.tmp)
@@ -105,7 +107,11 @@ def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: lis
         (atomic.tmp / "README.md").write_text(card.render(record, _config_yaml(plan)))
         record["output"]["files"]["README.md"] = provenance.sha256_file(atomic.tmp / "README.md")
         (atomic.tmp / provenance.PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
+        t_meta = time.monotonic()
         atomic.commit()
+        if os.environ.get("COHORTGATE_MERGE_TIMINGS"):
+            print(f"timings: engine {t_engine - t0:.2f}s, hashes+metadata {t_meta - t_engine:.2f}s, "
+                  f"fsync+rename {time.monotonic() - t_meta:.2f}s", file=sys.stderr)
         return record
     except BaseException:
         if hasher is not None:

@@ -40,7 +40,11 @@ def combine(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequenc
                 divisor.add_(p > 0, alpha=w)
         merged.mul_(elected)
         if divisor is not None:
-            divisor.masked_fill_(divisor == 0, 1.0)
+            # entries no delta agrees with have merged = 0 and divisor 0: divide by 1 there
+            if min(weights) > 0:  # divisors are 0 or ≥ min(w): clamping is exact and cheap
+                divisor.clamp_(min=min(weights) / 2)
+            else:
+                divisor.add_(divisor == 0)
             merged.div_(divisor)
     else:
         merged = weighted[0].clone()
