@@ -24,7 +24,7 @@ def create_state(policy_path: str) -> AppState:
     state.semantic_factory = build_semantic
     state.gates = Gates()
     state.circuits = Circuits(state.metrics)
-    state.feedback = FeedbackStore(state.metrics, policy.server.feedback_ttl_s)
+    state.feedback = FeedbackStore(state.metrics, policy.server.feedback_ttl_s, policy.server.feedback_max_entries)
     state.mirror = Mirror(state)
     state.features.append(state.mirror)
     try:

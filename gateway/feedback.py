@@ -24,7 +24,7 @@ from gateway.request import RequestRecord
 
 log = logging.getLogger("cohortgate.feedback")
 SIGNALS = ("thumbs_up", "thumbs_down", "escalation", "reopened")
-MAX_ENTRIES = 200_000
+MAX_ENTRIES = 50_000
 
 
 class Served(NamedTuple):
@@ -43,7 +43,7 @@ class FeedbackStore:
         self._served: OrderedDict[str, Served] = OrderedDict()
 
     def remember(self, rec: RequestRecord) -> None:
-        if rec.status != 200 or not rec.served_by:
+        if rec.status != 200 or not rec.served_by or self.max_entries == 0:
             return
         self._served[rec.request_id] = Served(rec.cohort, rec.route_id, rec.served_by, rec.key_name, time.monotonic())
         if len(self._served) > self.max_entries:

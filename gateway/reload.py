@@ -49,13 +49,13 @@ async def reload_policy(state: AppState, semantic_factory: Any = None) -> bool:
         state.metrics.reloads.inc(("rejected",))
         log.error("policy reload failed (%s: %s); the previous policy keeps serving.", type(exc).__name__, exc)
         return False
-    old = state.runtime
     state.runtime = new
     state.metrics.reloads.inc(("ok",))
     log.info("policy reloaded from %s: %d upstreams, %d cohorts, %d routes", path, len(policy.upstreams),
              len(policy.cohorts), len(policy.routes))
-    for hook in getattr(state, "reload_hooks", []):
-        hook(old, new)
+    if state.feedback is not None:  # the feedback table's bounds follow the policy too
+        state.feedback.ttl_s = policy.server.feedback_ttl_s
+        state.feedback.max_entries = policy.server.feedback_max_entries
     # in-flight requests hold their own snapshot; give them time before closing dropped pools
     if new.dropped_clients:
         async def close_later() -> None:

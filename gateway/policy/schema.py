@@ -245,6 +245,8 @@ class Telemetry(_Model):
 class Server(_Model):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     feedback_ttl_s: float = Field(86400.0, gt=0, description="how long request ids are kept for feedback")
+    feedback_max_entries: int = Field(50_000, ge=0, description="most recent request ids kept for feedback "
+                                      "(about 250 bytes each)")
     shadow_log: str | None = Field(None, description="JSONL sink for mirrored pairs (a run for `cohortgate eval`)")
 
 

@@ -68,3 +68,11 @@ def test_feedback_errors(gw):
     assert feedback(gw, {"request_id": rid, "signal": "thumbs_up"}, key="sk-wrong").status_code == 401
     r = httpx.post(gw.base_url + "/feedback", headers={"authorization": "Bearer sk-alice"}, content=b"{bad")
     assert r.status_code == 400
+
+
+def test_feedback_table_is_bounded(gw):
+    gw.state.feedback.max_entries = 3
+    ids = [ask(gw, f"hello {i}") for i in range(5)]
+    assert len(gw.state.feedback._served) == 3
+    assert feedback(gw, {"request_id": ids[0], "signal": "thumbs_up"}).status_code == 404  # evicted
+    assert feedback(gw, {"request_id": ids[-1], "signal": "thumbs_up"}).status_code == 200
