@@ -330,3 +330,30 @@ def test_python_m_merge_cli_run_alias(tmp_path: Path, models: dict[str, Path]) -
     r = subprocess_cli("verify", tmp_path / "o")
     assert r.returncode == 0 and "ok" in r.stdout
     assert os.path.exists(tmp_path / "o" / "provenance.json")
+
+
+def test_verify_sources_detects_a_changed_source(tmp_path: Path, models: dict[str, Path]) -> None:
+    import shutil
+
+    src = tmp_path / "ft"
+    shutil.copytree(models["ft3"], src)
+    cfg = write_yaml(tmp_path / "v.yaml", {"merge_method": "task_arithmetic", "base_model": str(models["base"]),
+                                           "models": [{"model": str(src), "parameters": {"weight": 0.5}}]})
+    out = tmp_path / "o"
+    assert merge(cfg, out).exit_code == 0
+    assert cg("verify", out, "--sources").exit_code == 0
+    shard = sorted(src.glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    r = cg("verify", out, "--sources")
+    assert r.exit_code == 3 and "source" in r.output and shard.name in r.output
+    assert cg("verify", out).exit_code == 0  # the output itself is intact
+    # a re-merge does not trust the stale hash cache: the changed shard gets a new hash
+    out2 = tmp_path / "o2"
+    assert merge(cfg, out2).exit_code == 0
+    rec = json.loads((out2 / "provenance.json").read_text())
+    from merge.provenance import sha256_file
+
+    entry = next(s for s in rec["sources"] if s["path"] == str(src.resolve()))
+    assert entry["shards"][shard.name] == sha256_file(shard)
