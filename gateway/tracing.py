@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.request import Attempt, RequestRecord
-from gateway.tracing_attrs import AttemptBuild, RootBuild, server_attrs, upstream_status
+from gateway.tracing_attrs import AttemptBuild, RootBuild, server_attrs, upstream_status, usage
 from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, BatchExporter, Encoder, SpanData
 from gateway.tracing_send import make_sender
 
@@ -154,7 +154,7 @@ class Tracing:
         self.exporter = BatchExporter(Encoder(resource, "cohortgate.gateway", __version__), sender)
         self.sampler = sampler or Sampler(os.environ.get("OTEL_TRACES_SAMPLER", ""),
                                           os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
-        self._primaries: OrderedDict[int, tuple[RequestRecord, int, int]] = OrderedDict()
+        self._primaries: OrderedDict[int, tuple[RequestRecord, int, int, bool]] = OrderedDict()
 
     @classmethod
     def from_env(cls, state: AppState) -> Tracing | None:
@@ -247,16 +247,20 @@ class Tracing:
 
     # ------------------------------------------------------------------ shadow calls
     @contextmanager
-    def shadow_span(self, rec: RequestRecord, upstream_name: str) -> Iterator[SpanData]:
+    def shadow_span(self, rec: RequestRecord, upstream_name: str,
+                    shadow: RequestRecord | None = None) -> Iterator[SpanData]:
         """Span for one mirrored call of `rec` to `upstream_name`: a new trace linked to the
-        primary's span, current inside the block (so `state.inject_trace` sends it upstream).
-        Yields the span: the caller may add to `.attrs`. An exception leaving the block marks the
-        span failed (error.type = its `reason` or class name) and is re-raised."""
+        primary's span, current inside the block (so `state.inject_trace` sends it upstream),
+        recorded when the primary was. Yields the span: the caller may add to `.attrs`. When
+        `shadow` (the shadow call's own RequestRecord) is given, its usage, response model, time
+        to first chunk and finish reasons are added at the end. An exception leaving the block
+        marks the span failed (error.type = its `reason` or class name) and is re-raised."""
         primary = self._primary(rec)
         client = self.state.runtime.upstreams.get(upstream_name) if self.state is not None else None
         model = client.spec.model if client is not None else upstream_name
         trace_id = _rand.getrandbits(128) or 1
-        req = _Req(None, trace_id, _rand.getrandbits(64) or 1, 0, self.sampler.root(trace_id), None)
+        sampled = primary[2] if primary is not None else self.sampler.root(trace_id)
+        req = _Req(None, trace_id, _rand.getrandbits(64) or 1, 0, sampled, None)
         span = SpanData(trace_id, req.span_id, 0, f"{rec.operation} {model}", CLIENT, req.start, 0)
         span.attrs = {
             "gen_ai.operation.name": rec.operation, "gen_ai.request.model": model,
@@ -281,21 +285,30 @@ class Tracing:
         finally:
             _CUR.reset(token)
             span.end = time.time_ns()
+            if shadow is not None:
+                if shadow.response_model:
+                    span.attrs["gen_ai.response.model"] = shadow.response_model
+                usage(span.attrs, shadow)
+                if shadow.ttft_s is not None:
+                    span.attrs["gen_ai.response.time_to_first_chunk"] = shadow.ttft_s
+                if shadow.finish_reasons:
+                    span.attrs["gen_ai.response.finish_reasons"] = [str(r) for r in shadow.finish_reasons]
             if req.sampled:
                 self.exporter.submit(span)
 
     def _remember_primary(self, rec: RequestRecord, req: _Req) -> None:
-        self._primaries[id(rec)] = (rec, req.trace_id, req.span_id)
+        self._primaries[id(rec)] = (rec, req.trace_id, req.span_id, req.sampled)
         while len(self._primaries) > _SHADOW_LINKS:
             self._primaries.popitem(last=False)
 
-    def _primary(self, rec: RequestRecord) -> tuple[int, int] | None:
+    def _primary(self, rec: RequestRecord) -> tuple[int, int, bool] | None:
+        """(trace id, span id, sampled) of the request span of `rec`, if known."""
         req = _CUR.get()
         if req is not None and req.rec is rec:  # the mirror runs inside the request's context
-            return req.trace_id, req.span_id
+            return req.trace_id, req.span_id, req.sampled
         hit = self._primaries.get(id(rec))
         if hit is not None and hit[0] is rec:  # identity check: ids of dead records are reused
-            return hit[1], hit[2]
+            return hit[1], hit[2], hit[3]
         return None
 
 

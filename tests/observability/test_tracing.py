@@ -331,3 +331,35 @@ def test_record_content_hook_puts_prompt_and_completion_on_the_span(otlp):
     assert orjson.loads(on["gen_ai.output.messages"]) == [{"role": "assistant", "content": "the answer"}]
     assert on["input.value"] == on["gen_ai.input.messages"]
     assert not [k for k in off if "messages" in k or k in ("input.value", "output.value")]
+
+
+def test_shadow_span_follows_primary_sampling_and_takes_the_shadow_usage(otlp):
+    from types import SimpleNamespace
+
+    from gateway.request import RequestRecord
+    from gateway.tracing import Tracing
+    from gateway.tracing_send import make_sender
+
+    client = SimpleNamespace(spec=SimpleNamespace(model="cand-served", provider="vllm"), address="10.0.0.7",
+                             port=8000, name="cand")
+    state = SimpleNamespace(runtime=SimpleNamespace(upstreams={"cand": client}, policy=SimpleNamespace(
+        telemetry=SimpleNamespace(record_content=False))))
+    t = Tracing(state, make_sender())  # type: ignore[arg-type]
+    for sampled in ("01", "00"):
+        rec = RequestRecord(f"req_shadow_{sampled}", operation="chat", alias="m", mirrored=True)
+        t.begin(rec, {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-{sampled}"})
+        shadow = RequestRecord(rec.request_id)
+        with t.shadow_span(rec, "cand", shadow=shadow):
+            shadow.input_tokens, shadow.output_tokens, shadow.response_model = 11, 22, "cand-served"
+            shadow.finish_reasons = ["length"]
+        t.finish(rec)
+    t.exporter.shutdown()
+    spans = otlp.wait_for(lambda sp: len(sp) >= 2)
+    shadows = [s for s in spans if s["attributes"].get("cohortgate.shadow.role") == "shadow"]
+    assert [s["attributes"]["cohortgate.shadow.pair_id"] for s in shadows] == ["req_shadow_01"]  # 00: not recorded
+    sa = shadows[0]["attributes"]
+    assert sa["gen_ai.usage.input_tokens"] == 11 and sa["llm.token_count.completion"] == 22
+    assert sa["gen_ai.response.model"] == "cand-served" and sa["gen_ai.response.finish_reasons"] == ["length"]
+    assert sa["server.address"] == "10.0.0.7" and sa["server.port"] == 8000
+    primary = next(s for s in spans if s["kind"] == "SERVER")
+    assert shadows[0]["links"][0]["span_id"] == primary["span_id"] and primary["trace_id"] == TRACE_ID
