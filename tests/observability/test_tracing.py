@@ -363,3 +363,21 @@ def test_shadow_span_follows_primary_sampling_and_takes_the_shadow_usage(otlp):
     assert sa["server.address"] == "10.0.0.7" and sa["server.port"] == 8000
     primary = next(s for s in spans if s["kind"] == "SERVER")
     assert shadows[0]["links"][0]["span_id"] == primary["span_id"] and primary["trace_id"] == TRACE_ID
+
+
+def test_embeddings_and_rejected_requests_are_traced(otlp, fake, gateway):
+    a, b = fake("a"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    r = httpx.post(g.base_url + "/embeddings", json={"model": "m", "input": ["one", "two"]}, timeout=10)
+    assert r.status_code == 200, r.text
+    root, (att,) = spans_of(otlp, r.headers["x-request-id"], 1)
+    assert root["name"] == "embeddings m" and root["attributes"]["gen_ai.operation.name"] == "embeddings"
+    assert att["name"] == "embeddings a-served"
+    bad = httpx.post(g.base_url + "/chat/completions", content=b"{not json", timeout=10,
+                     headers={"content-type": "application/json"})
+    assert bad.status_code == 400
+    root, kids = spans_of(otlp, bad.headers["x-request-id"], 0)
+    ra = root["attributes"]
+    assert root["name"] == "chat" and "gen_ai.request.model" not in ra  # the body never parsed
+    assert ra["error.type"] and ra["http.response.status_code"] == 400 and root["status"]["code"] == 2
+    assert "gen_ai.provider.name" not in ra and kids == []
