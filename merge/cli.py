@@ -92,11 +92,17 @@ def run_command(config: Path, out_dir: Path, dry_run: bool, force: bool, seed: i
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         from merge.config import load_config
+
+        cfg = load_config(config)
+        if not dry_run:
+            from merge import prefetch
+
+            prefetch.start(cfg, config)  # the disk reads the inputs while torch is imported
+
         from merge.plan import Options, build_plan
         from merge.run import dry_run as plan_summary
         from merge.run import execute
 
-        cfg = load_config(config)
         opts = Options(seed=seed, allow_config_mismatch=allow_config_mismatch,
                        allow_tokenizer_mismatch=allow_tokenizer_mismatch, allow_unrelated_base=allow_unrelated_base,
                        allow_missing_tensors=allow_missing_tensors, out_shard_bytes=_parse_size(out_shard_size),
