@@ -52,7 +52,6 @@ class Engine:
         self._next = 0
         self._lock = threading.Lock()
         self._load = _torch_dtype_name(plan.load_dtype)
-        self._lora_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ reading
     def _raw_rows(self, src_idx: int, name: str, r0: int, r1: int) -> torch.Tensor:
@@ -65,19 +64,14 @@ class Engine:
         return raw.float()
 
     def _lora_delta(self, src_idx: int, name: str, r0: int, r1: int) -> torch.Tensor | None:
+        """s·B[r0:r1]·A for the rows being read (A is r×in, small; only B's rows are read)."""
         lora = self.plan.sources[src_idx].lora
         if lora is None or name not in lora.targets:
             return None
-        key = (src_idx, name)
-        with self._lock:
-            ab = self._lora_cache.get(key)
-        if ab is None:
-            a_name, b_name = lora.targets[name]
-            ab = (lora.files.read(a_name).float(), lora.files.read(b_name).float())
-            with self._lock:
-                self._lora_cache[key] = ab
-        a, b = ab
-        return (b[r0:r1] @ a).mul_(lora.scale).reshape(-1)
+        a_name, b_name = lora.targets[name]
+        a = lora.files.read(a_name).float()
+        b = lora.files.read_rows(lora.files.tensors[b_name], r0, r1).float().reshape(r1 - r0, -1)
+        return (b @ a).mul_(lora.scale).reshape(-1)
 
     def read_input(self, tp: TensorPlan, k: int, r0: int, r1: int) -> torch.Tensor:
         ref = tp.inputs[k]
@@ -89,20 +83,32 @@ class Engine:
 
     def _read_remapped(self, tp: TensorPlan, k: int, r0: int, r1: int) -> torch.Tensor:
         """Rows of a vocabulary tensor in output-token order; a row the source lacks is taken from
-        the output tokenizer's source, else from the first input that has the token."""
+        the output tokenizer's source, else from the first input that has the token. Runs of
+        consecutive source rows are read with one call."""
         row = tp.shape[1]
-        out = torch.empty((r1 - r0, row), dtype=torch.float32)
+        out = torch.zeros((r1 - r0, row), dtype=torch.float32)
         order = [k] + [j for j in range(len(tp.inputs)) if tp.inputs[j].source == tp.fill_from[k]] + \
             list(range(len(tp.inputs)))
+        picks: list[tuple[int, int]] = []  # (input index, source row) per output row; (-1, -1) = none
         for r in range(r0, r1):
             for j in order:
                 src_row = tp.inputs[j].row_map[r]  # type: ignore[index]
                 if src_row >= 0:
+                    picks.append((j, src_row))
                     break
             else:
-                out[r - r0].zero_()
-                continue
-            out[r - r0] = self._float(self._raw_rows(tp.inputs[j].source, tp.inputs[j].name, src_row, src_row + 1))
+                picks.append((-1, -1))
+        start = 0
+        while start < len(picks):
+            j, s0 = picks[start]
+            end = start + 1
+            while end < len(picks) and picks[end][0] == j and picks[end][1] == s0 + (end - start):
+                end += 1
+            if j >= 0:
+                ref = tp.inputs[j]
+                raw = self._raw_rows(ref.source, ref.name, s0, s0 + (end - start))
+                out[start:end] = self._float(raw).reshape(end - start, row)
+            start = end
         return out.reshape(-1)
 
     # ------------------------------------------------------------------ compute
