@@ -357,3 +357,20 @@ def test_verify_sources_detects_a_changed_source(tmp_path: Path, models: dict[st
 
     entry = next(s for s in rec["sources"] if s["path"] == str(src.resolve()))
     assert entry["shards"][shard.name] == sha256_file(shard)
+
+
+def test_tokenizer_source_model_path(tmp_path: Path, models: dict[str, Path]) -> None:
+    """tokenizer_source: <model> keeps that model's vocabulary; rows the other models lack come
+    from it, shared tokens are merged row by row."""
+    cfg = {"merge_method": "linear", "tokenizer_source": str(models["othertok"]),
+           "models": [{"model": str(models["base"]), "parameters": {"weight": 1.0}},
+                      {"model": str(models["othertok"]), "parameters": {"weight": 1.0}}]}
+    out = tmp_path / "t"
+    r = merge(write_yaml(tmp_path / "t.yaml", cfg), out)
+    assert r.exit_code == 0, r.output
+    merged, base, other = read_all(out), read_all(models["base"]), read_all(models["othertok"])
+    emb = merged["model.embed_tokens.weight"]
+    k = "model.embed_tokens.weight"
+    assert torch.allclose(emb[1], (base[k][1] + other[k][1]) / 2)  # "<s>" is in both vocabularies
+    assert torch.equal(emb[10], other[k][10])  # "x7" only in othertok
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]["x7"] == 10
