@@ -374,3 +374,21 @@ def test_tokenizer_source_model_path(tmp_path: Path, models: dict[str, Path]) ->
     assert torch.allclose(emb[1], (base[k][1] + other[k][1]) / 2)  # "<s>" is in both vocabularies
     assert torch.equal(emb[10], other[k][10])  # "x7" only in othertok
     assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]["x7"] == 10
+
+
+def test_bin_checkpoints_are_refused_then_converted_safely(tmp_path: Path, models: dict[str, Path]) -> None:
+    import shutil
+
+    from merge.st_io import convert_bin
+
+    d = tmp_path / "binmodel"
+    shutil.copytree(models["ft3"], d)
+    sd = read_all(d)
+    for f in d.glob("*.safetensors*"):
+        f.unlink()
+    torch.save(sd, d / "pytorch_model.bin")
+    cfg = _two({**models, "binmodel": d}, "binmodel", "task_arithmetic")
+    msg = _refusal(tmp_path, cfg)
+    assert ".bin" in msg and "merge.st_io" in msg
+    convert_bin(d)  # torch.load(weights_only=True): no arbitrary pickle code runs
+    assert merge(tmp_path / "c.yaml", tmp_path / "out").exit_code == 0
