@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,7 +39,9 @@ def require_tool(name: str, hint: str = "") -> str:
     pytest.skip(msg)
 
 
-def wait_http(url: str, timeout: float = 30.0, ok: Sequence[int] = (200,), proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(
+    url: str, timeout: float = 30.0, ok: Sequence[int] = (200,), proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll url until it answers one of `ok` statuses; fail early if proc died."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -62,13 +64,26 @@ def wait_http(url: str, timeout: float = 30.0, ok: Sequence[int] = (200,), proc:
 
 
 @contextmanager
-def running(cmd: Sequence[str], *, ready_url: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 30.0, log: Path | None = None, cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    cmd: Sequence[str],
+    *,
+    ready_url: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    log: Path | None = None,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a process (in its own process group), wait for ready_url, always stop it."""
     full_env = {**os.environ, **(env or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(list(cmd), env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=str(cwd) if cwd else None)
+    proc = subprocess.Popen(
+        list(cmd),
+        env=full_env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=str(cwd) if cwd else None,
+    )
     try:
         if ready_url:
             try:
@@ -96,3 +111,13 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll cond() until it is true or the timeout passes; returns whether it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return False

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.gateway.conftest import policy
+from tests.helpers import wait_until
 
 CHAIN = """
 - id: r
@@ -175,12 +176,7 @@ def test_active_health_probe_ejects_and_restores(fake, gateway):
     a.set("503")  # its /health answers 503 now
 
     def probed(state: str) -> bool:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if httpx.get(g.url + "/readyz").json()["upstreams"]["a"] == state:
-                return True
-            time.sleep(0.1)
-        return False
+        return wait_until(lambda: httpx.get(g.url + "/readyz").json()["upstreams"]["a"] == state, timeout=5)
 
     assert probed("probe_failed")
     count = a.state.count

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from tests.gateway.conftest import policy
+from tests.helpers import wait_until
 
 CHAIN = """
 - id: r
@@ -91,10 +92,5 @@ def test_stream_is_evaluated_after_the_fact_without_fallback(fake, gateway):
         assert r.status_code == 200 and r.headers["x-upstream"] == "a"
         r.read()
     assert b.state.count == 0
-    import time
-
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and g.state.metrics.evals.value(
-            ("JSONValidation", "out_of_domain", "a", "fail")) == 0:
-        time.sleep(0.05)
-    assert g.state.metrics.evals.value(("JSONValidation", "out_of_domain", "a", "fail")) == 1
+    assert wait_until(lambda: g.state.metrics.evals.value(("JSONValidation", "out_of_domain", "a", "fail")) == 1,
+                      timeout=5)

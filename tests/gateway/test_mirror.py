@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import policy
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 
 def mirror_policy(primary: str, shadow: str, percent: float, extra_route: str = "", log: str = "") -> str:
@@ -30,14 +30,6 @@ def call(c: httpx.Client, g, i: int = 0, **body):
     return c.post(g.base_url + "/chat/completions", json={"model": "m", "messages": [
         {"role": "user", "content": f"hello {i}"}], **body})
 
-
-def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_shadow_gets_the_sampled_share(fake, gateway):

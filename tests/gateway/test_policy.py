@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from gateway.policy.loader import PolicyError, parse_policy_text
 from gateway.policy.schema import Policy
 from tests.gateway.conftest import policy
-from tests.helpers import PYTHON, ROOT, free_port, running
+from tests.helpers import PYTHON, ROOT, free_port, running, wait_until
 
 GOOD = """\
 version: 1
@@ -109,14 +108,6 @@ def test_cli_explain(tmp_path):
 
 
 # ---------------------------------------------------------------- hot reload
-
-def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def served_by(g) -> str:
