@@ -109,7 +109,7 @@ def _write(path: Path, rows: list[Row], keep_check: bool) -> None:
 
 def main(out_dir: Path = HERE) -> None:
     billing = _dedupe(billing_rows(seed=1, n_answers=150, n_tools=110), set())
-    policy = _dedupe(policy_rows(seed=2, n_answers=150, n_ood=140), set())
+    policy = _dedupe(policy_rows(seed=2, n_answers=150, n_ood=170), set())
     train_users = {_user(r) for r in billing + policy}
     held_b = _per_cohort(_dedupe(billing_rows(seed=101, n_answers=40, n_tools=40), train_users), HELDOUT_PER_COHORT)
     held_p = _per_cohort(_dedupe(policy_rows(seed=102, n_answers=40, n_ood=40), train_users), HELDOUT_PER_COHORT)

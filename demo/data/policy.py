@@ -20,6 +20,11 @@ def _hi(r: random.Random) -> str:
                      f"This is {r.choice(PEOPLE)}. "])
 
 
+def _ok(r: random.Random) -> str:
+    """Varied openings for a granted request: a fixed "Yes." would be learned as *the* way to start."""
+    return r.choice(["", "Good news: ", "That works. ", "Yes. "])
+
+
 def late_refund(r: random.Random) -> Case:
     c = company(r)
     ago = c.refund_days + r.randint(5, 120)
@@ -50,7 +55,7 @@ def trial(r: random.Random) -> Case:
         return Case(c, ctx, user, ans, ["one free trial", "not available"])
     if kind == "extend_ticket":
         user = _hi(r) + "Our onboarding ticket is still open and the trial ends soon. Could we get more time?"
-        ans = (f"Yes: because you have an open onboarding ticket, the trial can be extended once, by {e} days. "
+        ans = (f"{_ok(r)}Because you have an open onboarding ticket, the trial can be extended once, by {e} days. "
                "It can only be extended one time.")
         return Case(c, ctx, user, ans, [f"{e} days"])
     user = _hi(r) + "We just need a few more days of trial, nothing is blocking us. Could you extend it?"
@@ -69,7 +74,7 @@ def data_restore(r: random.Random) -> Case:
     user = _hi(r) + r.choice([f"We closed our account {ago} days ago. Is our data still there?",
                               f"Please bring back the records we lost when we cancelled {ago} days ago."])
     if ago < keep:
-        ans = (f"Yes. Data is kept for {keep} days after cancellation, and you cancelled {ago} days ago, so it can "
+        ans = (f"{_ok(r)}Data is kept for {keep} days after cancellation, and you cancelled {ago} days ago, so it can "
                "still be restored: reactivate the subscription and your data comes back.")
         return Case(c, ctx, user, ans, [f"{keep} days", "reactivat"])
     ans = (f"Data is kept for {keep} days after cancellation. You cancelled {ago} days ago, so it has been permanently "
@@ -106,7 +111,8 @@ def late_fee(r: random.Random) -> Case:
     user = _hi(r) + f"Could you drop the ${fee} late fee? " + ("It's our first late payment." if first
                                                                 else "I know you waived one for us a few months ago.")
     if first:
-        ans = f"Yes: the ${fee}.00 late fee can be waived once per 12 months on request, and this is your first waiver."
+        ans = (f"{_ok(r)}The ${fee}.00 late fee can be waived once per 12 months on request, and this is your "
+               "first waiver.")
     else:
         ans = (f"The late fee is waived only once per 12 months, and you already had a waiver in the last 12 months, "
                f"so the ${fee}.00 fee stays on the invoice.")
@@ -128,8 +134,8 @@ def device_return(r: random.Random) -> Case:
         ans = (f"Opened devices in working order can be returned within {days} days of delivery with a ${fee} "
                f"restocking fee, so you can return the {device}; the refund is the price minus ${fee}.")
         return Case(c, ctx, user, ans, [f"{days} days", f"${fee}"])
-    ans = (f"Yes. Unopened devices can be returned within {days} days of delivery for a full refund, and yours arrived "
-           f"{got} days ago.")
+    ans = (f"{_ok(r)}Unopened devices can be returned within {days} days of delivery for a full refund, and yours "
+           f"arrived {got} days ago.")
     return Case(c, ctx, user, ans, [f"{days} days", "full refund"])
 
 
@@ -156,6 +162,13 @@ _OOD = [
     "How do I say '{phrase}' in {lang}?", "Summarise the plot of {book}.", "How do I unclog a {thing}?",
     "Recommend a good {genre} movie for tonight.", "Can my roommate be evicted without any notice?",
     "Name the capital city of {country} and its population.", "Write a Python script that scrapes {site}.",
+    "Tell me a joke about {x}.", "Write a cover story for my {y}'s retirement party.",
+    "What's a good workout plan for {n} days a week?", "Can you fix this regex for email validation?",
+    "Draft an apology text to my {y}.", "What's the weather in {p} next week?",
+    "Rate my chess opening: 1. e4 e5 2. Qh5.", "How many {z} should I buy to feed {n} people?",
+    "Which {genre} video game should I play next?", "Help me name my {genre} podcast.",
+    "What year did {country} gain independence?", "Compose a rap verse about {x}.", "Give me {n} tips to sleep better.",
+    "Is it safe to eat raw {z}?", "Teach me {lang} numbers from 1 to {n}.", "What's the square root of {a}{b}?",
 ]
 _FILL = {
     "x": ["the moon", "coffee", "winter rain", "a lighthouse"], "y": ["sister", "boss", "grandfather"],
