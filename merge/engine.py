@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -264,10 +263,6 @@ def _tune_malloc() -> None:
 
 def _torch_dtype_name(name: str | None) -> torch.dtype | None:
     return None if name is None else getattr(torch, name)
-
-
-def elapsed(t0: float) -> float:
-    return time.monotonic() - t0
 
 
 __all__ = ["Engine", "Cancelled"]

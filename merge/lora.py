@@ -122,8 +122,6 @@ def combine(adapters: list[tuple[dict[str, tuple[Any, Any]], float, int]], weigh
 def combine_adapters(paths: list[Path], weights: list[float], kind: str, out: Path, *, density: float = 0.5,
                      rank: int | None = None, base: Path | None = None, seed: int = 0,
                      force: bool = False) -> None:
-    from safetensors.torch import save_file
-
     from merge import provenance
     from merge.writer import AtomicDir, check_destination
 
@@ -154,7 +152,6 @@ def combine_adapters(paths: list[Path], weights: list[float], kind: str, out: Pa
     except BaseException:
         atomic.abort()
         raise
-    _ = save_file  # imported to fail early when safetensors is missing
 
 
 def _write_adapter(d: Path, first_cfg: dict[str, Any], mods: dict[str, tuple[Any, Any]], r: int) -> None:
