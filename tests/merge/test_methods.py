@@ -389,3 +389,19 @@ def test_chunked_equals_whole(name: str, shared: dict[str, object], per: list[di
     state = m.stats(job, chunks)
     parts = [m.apply(job, [x[r0:r1].reshape(-1) for x in xs], state, r0 * 40) for r0, r1 in ranges]
     assert float((torch.cat(parts) - whole).abs().max()) <= TOL
+
+
+def test_ties_keeps_every_entry_tied_with_the_threshold() -> None:
+    """Deliberate difference from mergekit (which breaks ties by sort order): density 0.5 of 4
+    entries is k = 2, but three entries share the 2nd-largest magnitude — all three are kept."""
+    base = torch.zeros(4)
+    x = torch.tensor([1.0, -1.0, 1.0, 0.5])
+    out = ties(base, [x], [1.0], [0.5], normalize=False)
+    close(out, torch.tensor([1.0, -1.0, 1.0, 0.0]))
+
+
+def test_breadcrumbs_density_zero_and_one() -> None:
+    base = rnd(50, seed=1)
+    x = base + rnd(50, seed=2)
+    close(breadcrumbs(base, [x], [1.0], [1.0], [0.3], consensus=False), x)  # density 1: untouched
+    close(breadcrumbs(base, [x], [1.0], [0.0], [0.0], consensus=False), base)  # density 0: nothing kept
