@@ -309,5 +309,7 @@ def _plan_slices(plan: Plan, tok: dict[str, Any]) -> None:
     non_layer(post, cfg.slices[-1])
     plan.out_config = dict(first.config)
     plan.out_config["num_hidden_layers"] = out_layer
+    if tok.get("n_rows") and tok.get("remap"):
+        plan.out_config["vocab_size"] = tok["n_rows"]
     if layer_types:
         plan.out_config["layer_types"] = layer_types
