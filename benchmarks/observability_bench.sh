@@ -5,7 +5,9 @@
 #   cohortgate-traced  every request traced and exported over OTLP/HTTP to a local sink
 #                      (benchmarks/observability_sink.py, pinned with the load generator on CPU0),
 #                      and /metrics scraped every second (15x Prometheus' default rate)
-# The "xcohortgate" columns are the traced/plain ratios (target: within 10%).
+# The "xcohortgate" columns are the traced/plain ratios (target: within 10%). On a machine shared
+# with other load, benchmarks/observability_ab.py (both gateways up at once, load alternating in
+# short slices) gives steadier CPU-per-request ratios.
 #   benchmarks/observability_bench.sh [--quick] [extra gateway_bench.py flags]
 # Results: benchmarks/results/observability-<date>.{json,md} and .sink.json (spans received).
 set -euo pipefail
