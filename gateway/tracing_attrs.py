@@ -74,20 +74,20 @@ class RootBuild:
     def __call__(self, s: SpanData) -> None:
         rec = self.rec
         s.name = f"{rec.operation} {rec.alias}" if rec.alias else rec.operation
+        # Request parameters and the classification reason usually repeat too (one client app, one
+        # rule): they are part of the key (a list value, e.g. `stop`, as a tuple to be hashable).
+        params = rec.request_params
+        pkey = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()) if params else ()
         s.fixed = (("root", rec.operation, rec.stream, rec.outcome, len(rec.attempts), rec.mirrored, rec.status,
                     rec.alias, self.req.client, rec.response_model, rec.served_model, rec.error_type, rec.cohort,
-                    rec.route_id, rec.served_by, rec.arm, rec.fallback_reason, rec.key_name,
-                    tuple(rec.finish_reasons)), self.fixed)
+                    rec.cohort_reason, rec.route_id, rec.served_by, rec.arm, rec.fallback_reason, rec.key_name,
+                    tuple(rec.finish_reasons), pkey), self.fixed)
         a = s.attrs = {"cohortgate.request_id": rec.request_id}
-        if rec.request_params:
-            request_params(a, rec.request_params)
         usage(a, rec)
         if rec.ttft_s is not None:
             a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
-        if rec.cohort:
-            a["cohortgate.cohort.reason"] = rec.cohort_reason
-            if rec.cohort_confidence is not None:
-                a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
+        if rec.cohort_confidence is not None:
+            a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
         if rec.error_type is not None:
             s.status = (STATUS_ERROR, rec.error_type)
         if self.req.content:
@@ -120,8 +120,11 @@ class RootBuild:
             a["gen_ai.response.finish_reasons"] = [str(r) for r in rec.finish_reasons]
         if rec.error_type is not None:
             a["error.type"] = rec.error_type
+        if rec.request_params:
+            request_params(a, rec.request_params)
         if rec.cohort:
             a["cohortgate.cohort"] = rec.cohort
+            a["cohortgate.cohort.reason"] = rec.cohort_reason
         if rec.route_id:
             a["cohortgate.route"] = rec.route_id
         if rec.served_by:
