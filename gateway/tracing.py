@@ -273,7 +273,7 @@ class Tracing:
             span.attrs["gen_ai.provider.name"] = client.spec.provider
             span.attrs.update(server_attrs(client))
         if primary is not None:
-            span.links.append((primary[0], primary[1], {"cohortgate.link": "primary"}))
+            span.links = [(primary[0], primary[1], {"cohortgate.link": "primary"})]
         token = _CUR.set(req)
         try:
             yield span

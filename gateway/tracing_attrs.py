@@ -92,10 +92,11 @@ class RootBuild:
             s.status = (STATUS_ERROR, rec.error_type)
         if self.req.content:
             a.update(self.req.content)
-        for name, score, passed, upstream in rec.evals:
-            s.events.append(("gen_ai.evaluation.result", s.end, {
+        if rec.evals:
+            s.events = [("gen_ai.evaluation.result", s.end, {
                 "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
-                "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream}))
+                "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream})
+                for name, score, passed, upstream in rec.evals]
 
     def fixed(self) -> dict[str, Any]:
         rec, client = self.rec, self.req.client

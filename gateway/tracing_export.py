@@ -45,6 +45,9 @@ _UNCACHED = frozenset({"cohortgate.request_id", "cohortgate.shadow.pair_id", "ge
                        "gen_ai.output.messages", "input.value", "output.value", "cohortgate.cohort.confidence"})
 
 
+_NO_ATTRS: dict[str, Any] = {}
+
+
 class SpanData:
     """One finished span. `build(span)`, when set, fills name/attrs/fixed/events/status in the export
     thread. `fixed = (key, make)` names a block of attributes shared by many spans: `make()` runs,
@@ -57,9 +60,10 @@ class SpanData:
                  build: Callable[[SpanData], None] | None = None) -> None:
         self.trace_id, self.span_id, self.parent_id = trace_id, span_id, parent_id
         self.name, self.kind, self.start, self.end = name, kind, start, end
-        self.attrs: dict[str, Any] = {}
-        self.events: list[tuple[str, int, dict[str, Any]]] = []
-        self.links: list[tuple[int, int, dict[str, Any]]] = []
+        # shared empty defaults (most spans have no events or links): assign, never mutate them
+        self.attrs: dict[str, Any] = _NO_ATTRS
+        self.events: list[tuple[str, int, dict[str, Any]]] | tuple[()] = ()
+        self.links: list[tuple[int, int, dict[str, Any]]] | tuple[()] = ()
         self.status: tuple[int, str] = (0, "")
         self.build = build
         # (key, make): attributes that repeat across spans; encoded once per distinct key
