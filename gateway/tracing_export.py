@@ -14,7 +14,7 @@ Why not the SDK's Span + BatchSpanProcessor + OTLPSpanExporter: measured on this
 benchmark machine, they cost about 150 us of CPU per request for our two spans on the request
 path (attribute validation under a lock, per attribute) plus about 150 us in the export thread
 (one protobuf object per attribute): more than the gateway's own work per request. Here a
-traced request costs about 6% more instructions in its hooks and 16% more to encode and send its
+traced request costs about 6.5% more instructions in its hooks and 13% more to encode and send its
 two spans (docs/observability.md has the measurements; the shutdown log line reports the CPU per
 span of both export stages). The wire format is the
 same OTLP protobuf (field numbers from opentelemetry-proto `trace/v1/trace.proto` and
