@@ -166,9 +166,12 @@ def stage_serve(view: StageView, opts: Options, models: Any, candidate: Path) ->
         with view.stage("serve: vLLM on CPU (base + adapters, candidate)") as st:
             python = ensure_vllm_env()
             logs = opts.workdir / "logs"
+            # 180 s is plenty on an idle machine (~25-50 s measured); a busy 2-core box needs longer
+            wait = float(os.environ.get("COHORTGATE_VLLM_READY_TIMEOUT", "900"))
             cms = [vllm_server(models.base, "base", loras=models.lora_modules(), log=logs / "vllm-sources.log",
-                               cpu_bind="0", python=python),
-                   vllm_server(candidate, "candidate", log=logs / "vllm-candidate.log", cpu_bind="1", python=python)]
+                               cpu_bind="0", python=python, ready_timeout=wait),
+                   vllm_server(candidate, "candidate", log=logs / "vllm-candidate.log", cpu_bind="1", python=python,
+                               ready_timeout=wait)]
             # start both at once (each waits for its own /health), stop both whatever happens
             with ThreadPoolExecutor(2) as pool:
                 futures = [pool.submit(cm.__enter__) for cm in cms]
