@@ -157,9 +157,8 @@ class Mirror:
         if client is None:
             return
         tracing = self.state.tracing
-        span = tracing.shadow_span(job.rec, target) if tracing is not None and hasattr(tracing, "shadow_span") \
-            else nullcontext()
         shadow_rec = RequestRecord(job.rec.request_id)
+        span = tracing.shadow_span(job.rec, target, shadow=shadow_rec) if tracing is not None else nullcontext()
         t0 = time.perf_counter()
         output: dict[str, Any] | None = None
         error = None
@@ -182,6 +181,7 @@ class Mirror:
     async def _call(self, job: Job, client: Any, rec: RequestRecord) -> tuple[dict[str, Any] | None, str | None]:
         creq = job.creq
         headers = {"x-request-id": job.rec.request_id, "x-cohortgate-shadow": "1"}
+        self.state.inject_trace(headers)  # the shadow span (current here) continues upstream
         if creq.stream:
             body, injected = with_usage(creq.body)
             stream = await client.open_stream(creq.path, {**body, "model": client.spec.model}, headers)

@@ -84,6 +84,8 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         creq = build_request(request, path, operation, body, caller, rt.aliases)
         rec.alias = creq.alias
         rec.stream = creq.stream
+        if state.tracing is not None and rt.policy.telemetry.record_content:
+            state.tracing.record_content(rec, body)  # opted in by the policy: the prompt goes on the span
         if state.tracing is not None:
             rec.request_params = {k: body[k] for k in _PARAMS if k in body}
         decision = rt.classifier.classify(creq)
@@ -147,7 +149,7 @@ async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientReques
 
     resp: UpstreamResponse = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)
-    if rec.mirrored:
+    if rec.mirrored or _keeps_content(state, rt):
         choices = resp.data.get("choices")
         first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         rec.output = first.get("message") or {"role": "assistant", "content": first.get("text")}
@@ -189,7 +191,8 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
     await response.prepare(request)
     client = rt.upstreams[rec.served_by]
     gated = state.gates is not None and bool(gates_for(plan.route, creq))
-    relay_state = Relay(rec, injected, collect=gated or rec.mirrored)
+    keep = rec.mirrored or _keeps_content(state, rt)
+    relay_state = Relay(rec, injected, collect=gated or keep)
     t0 = time.perf_counter()
     await relay(request, response, stream, it, first, relay_state, rec, client)
     rec.attempts[-1].seconds += time.perf_counter() - t0
@@ -197,6 +200,11 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
         message = relay_state.message()
         if gated:
             state.gates.after_stream(plan.route, creq, rec, message)  # recorded only: no retroactive fallback
-        if rec.mirrored:
+        if keep:
             rec.output = message
     return response
+
+
+def _keeps_content(state: AppState, rt: Runtime) -> bool:
+    """The answer is kept on the record for shadow pairs and, when the policy opts in, for spans."""
+    return state.tracing is not None and rt.policy.telemetry.record_content

@@ -111,7 +111,7 @@ class RequestRecord:
     mirrored: bool = False
     evals: list[tuple[str, float, bool, str]] = field(default_factory=list)  # name, score, passed, upstream
     request_params: dict[str, Any] = field(default_factory=dict)
-    output: dict[str, Any] | None = None  # the served assistant message, kept only when mirrored
+    output: dict[str, Any] | None = None  # the served message, kept when mirrored or content is recorded
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
