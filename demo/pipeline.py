@@ -166,7 +166,7 @@ def stage_serve(view: StageView, opts: Options, models: Any, candidate: Path) ->
         with view.stage("serve: vLLM on CPU (base + adapters, candidate)") as st:
             python = ensure_vllm_env()
             logs = opts.workdir / "logs"
-            # 180 s is plenty on an idle machine (~25-50 s measured); a busy 2-core box needs longer
+            # ~25-50 s on an idle machine; a saturated 2-core box needs minutes
             wait = float(os.environ.get("COHORTGATE_VLLM_READY_TIMEOUT", "900"))
             cms = [vllm_server(models.base, "base", loras=models.lora_modules(), log=logs / "vllm-sources.log",
                                cpu_bind="0", python=python, ready_timeout=wait),

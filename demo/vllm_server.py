@@ -1,7 +1,8 @@
 """One vLLM OpenAI-compatible model server on 127.0.0.1, started and always stopped.
 
 Contract: `with vllm_server(model_dir, name, loras={...}, log=...) as srv:` yields once `GET /health`
-answers 200 (at most `ready_timeout` s, 180 by default); if the process dies first, it raises
+answers 200 (at most `ready_timeout` s, 600 by default: ~25-50 s idle, minutes on a saturated 2-core
+box); if the process dies first, it raises
 `VllmStartError` at once with the tail of its log. On exit — normal, exception or Ctrl-C — the whole
 process group gets SIGTERM, then SIGKILL after `stop_grace` s: vLLM forks an engine-core process, so
 killing only the parent would leave it running. The log file is kept.
@@ -160,7 +161,7 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 @contextmanager
 def vllm_server(model_dir: Path, name: str, *, loras: Mapping[str, Path] | None = None, log: Path,
                 port: int | None = None, tools: bool = True, cpu_bind: str | None = None,
-                ready_timeout: float = 180.0, stop_grace: float = 15.0, python: Path | None = None,
+                ready_timeout: float = 600.0, stop_grace: float = 15.0, python: Path | None = None,
                 ) -> Iterator[VllmServer]:
     """Start vLLM serving model_dir as `name` (+ LoRA adapters as their own names); always stop it."""
     python = python or ensure_vllm_env()
