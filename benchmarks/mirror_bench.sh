@@ -17,13 +17,13 @@ KEYHASH=$("$GW" policy hash-key sk-bench-master-key)
 TMPL="$HERE/gateway_policy.tmpl.yaml"
 OUT="${OUT:-$HERE/results/mirror-$(date +%F)}"
 render="sed -e 's#@UPSTREAM@#{upstream_v1}#' -e 's#@KEYHASH@#$KEYHASH#' $TMPL"
-# a mirror block on both routes (after their fallback line), shadow = upstream 'candidate'
-mirror="sed -e 's#^    fallback: \[backup\]#    fallback: [backup]\n    mirror: {targets: [candidate], percent: 100, queue_size: 256, concurrency: 16, timeout_s: 10}#'"
+# a dedicated shadow upstream (never a primary target) and a mirror block on both routes
+shadow() { echo "sed -e 's#^upstreams:#upstreams:\n  shadow:\n    base_url: $1\n    model: fake-model\n    max_connections: 64#' -e 's#^    fallback: \[backup\]#    fallback: [backup]\n    mirror: {targets: [shadow], percent: 100, queue_size: 256, concurrency: 16, timeout_s: 10}#'"; }
 exec "$BENCH/gateway_bench.py" --peers direct \
   --target "$render > {workdir}/p.yaml && exec $GW serve --policy {workdir}/p.yaml --port {port} --log-level WARNING" \
   --target-name cohortgate \
-  --target "$render | $mirror > {workdir}/m.yaml && exec $GW serve --policy {workdir}/m.yaml --port {port} --log-level WARNING" \
+  --target "$render | $(shadow '{upstream_v1}') > {workdir}/m.yaml && exec $GW serve --policy {workdir}/m.yaml --port {port} --log-level WARNING" \
   --target-name cohortgate-mirror100 \
-  --target "SP=\$(( {port} + 1 )); $render | $mirror | sed -e \"/^  candidate:/{n;s#base_url: .*#base_url: http://127.0.0.1:\$SP/v1#}\" > {workdir}/s.yaml && ($GW fake-upstream --port \$SP --name slow --fault slow --delay 5 >/dev/null 2>&1 &) && sleep 1 && exec $GW serve --policy {workdir}/s.yaml --port {port} --log-level WARNING" \
+  --target "SP=\$(( {port} + 1 )); $render | $(shadow '@SHADOW@') | sed -e \"s#@SHADOW@#http://127.0.0.1:\$SP/v1#\" > {workdir}/s.yaml && ($GW fake-upstream --port \$SP --name slow --fault slow --delay 5 >/dev/null 2>&1 &) && sleep 1 && exec $GW serve --policy {workdir}/s.yaml --port {port} --log-level WARNING" \
   --target-name cohortgate-slowshadow \
   --ref cohortgate --out "$OUT" "$@"
