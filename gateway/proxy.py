@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.attempts import run_attempts
-from gateway.errors import GatewayError, InternalError
+from gateway.errors import Forbidden, GatewayError, InternalError
 from gateway.gates import gates_for
 from gateway.intake import build_request, parse_body, read_body
 from gateway.request import Attempt, ClientRequest, RequestRecord
@@ -91,8 +91,6 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         decision = rt.classifier.classify(creq)
         rec.cohort, rec.cohort_reason, rec.cohort_confidence = decision.cohort, decision.reason, decision.confidence
         if not caller.may_use_cohort(decision.cohort):
-            from gateway.errors import Forbidden
-
             raise Forbidden(f"Your API key may not send '{decision.cohort}' requests.", code="cohort_not_allowed")
         plan = rt.routes.plan(decision.cohort, creq.alias, creq)
         rec.route_id = plan.route.id
