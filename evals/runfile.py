@@ -54,20 +54,30 @@ def write_meta(run: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, run / META)
 
 
-def read_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete run row; a torn final line is skipped, any other bad line raises."""
-    if not path.exists():
-        return
-    lines = path.read_bytes().split(b"\n")
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded JSON) for every complete line of a JSONL file. A torn final line (no
+    newline after it: its writer was killed mid-line) is skipped; any other bad line raises."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read: {exc.strerror or exc}") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
-            if n == len(lines):  # no newline after it: the writer was killed mid-line
+            if n == len(lines):
                 continue
-            raise RunError(f"{path}:{n}: not valid JSON; the run file is corrupt at this line") from None
+            raise RunError(f"{path}:{n}: not valid JSON; the file is corrupt at this line") from None
+        yield n, obj
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete run row; a torn final line is skipped, any other bad line raises."""
+    if not path.exists():
+        return
+    for n, obj in json_lines(path):
         if not isinstance(obj, dict) or "row_id" not in obj or "model" not in obj:
             raise RunError(f"{path}:{n}: not a run row (needs row_id and model; see evals/RUN_FORMAT.md)")
         yield obj

@@ -18,7 +18,7 @@ import orjson
 
 from evals.inline import applicable, evaluate_inline
 from evals.result import EvalInputError
-from evals.runfile import FORMAT_VERSION, META, RESULTS, RunError, now_iso, sha256_file
+from evals.runfile import FORMAT_VERSION, META, RESULTS, RunError, json_lines, now_iso, sha256_file
 
 REQUIRED = ("row_id", "cohort", "model", "output", "latency_ms", "usage", "scores")
 DEFAULT_INLINE_THRESHOLD = 1.0
@@ -74,21 +74,7 @@ def convert_line(obj: Any, where: str, thresholds: dict[str, float]) -> dict[str
 
 
 def import_shadow(sink: Path, run: Path, thresholds: dict[str, float] | None = None) -> int:
-    try:
-        lines = sink.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise RunError(f"{sink}: cannot read: {exc.strerror or exc}") from None
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            if n == len(lines):  # torn last line: the gateway was writing it
-                continue
-            raise RunError(f"{sink}:{n}: not valid JSON") from None
-        rows.append(convert_line(obj, f"{sink}:{n}", thresholds or {}))
+    rows = [convert_line(obj, f"{sink}:{n}", thresholds or {}) for n, obj in json_lines(sink)]
     if not rows:
         raise RunError(f"{sink}: no shadow rows to import")
     run.mkdir(parents=True, exist_ok=True)
