@@ -180,7 +180,7 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
 
     async def attempt(client: UpstreamClient, a: Attempt) -> tuple[Any, Any, bytes]:
         with state.attempt_span(rec, client, a):
-            return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers, a)
+            return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
 
     stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)
@@ -192,7 +192,7 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
     keep = rec.mirrored or _keeps_content(state, rt)
     relay_state = Relay(rec, injected, collect=gated or keep)
     t0 = time.perf_counter()
-    await relay(request, response, stream, it, first, relay_state, rec, client)
+    await relay(response, stream, it, first, relay_state, rec, client)
     rec.attempts[-1].seconds += time.perf_counter() - t0
     if relay_state.collect and rec.outcome == "ok":
         message = relay_state.message()

@@ -9,7 +9,6 @@ created; the caller starts the new ones and closes the dropped ones after the sw
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from gateway.auth import Authenticator
 from gateway.classify import Classifier, SemanticLike
@@ -39,7 +38,6 @@ class Runtime:
     aliases: frozenset[str]
     new_clients: list[UpstreamClient] = field(default_factory=list)
     dropped_clients: list[UpstreamClient] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)  # per-snapshot state owned by optional features
     chains: dict[tuple[str, ...], tuple[UpstreamClient, ...]] = field(default_factory=dict)  # resolved chains
 
 

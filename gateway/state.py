@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.metrics import Metrics
 from gateway.request import Attempt, ClientRequest, RequestRecord
 from gateway.routing import Plan
 from gateway.runtime import Runtime
 from gateway.upstream.base import UpstreamClient, UpstreamResponse
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("cohortgate")
 _NULL: AbstractContextManager[Any] = nullcontext()

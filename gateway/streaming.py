@@ -13,14 +13,13 @@ did not ask for. Bytes are otherwise passed through unchanged.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, UpstreamBadResponse
-from gateway.request import Attempt, RequestRecord
+from gateway.request import RequestRecord
 from gateway.upstream.base import UpstreamClient, UpstreamStream
 
 DONE = b"data: [DONE]"
@@ -130,8 +129,8 @@ class Relay:
         return msg
 
 
-async def open_first(client: UpstreamClient, path: str, body: dict[str, Any], headers: dict[str, str],
-                     a: Attempt) -> tuple[UpstreamStream, Any, bytes]:
+async def open_first(client: UpstreamClient, path: str, body: dict[str, Any],
+                     headers: dict[str, str]) -> tuple[UpstreamStream, Any, bytes]:
     """Open a stream and read its first bytes; any failure here is still fallback-eligible."""
     stream = await client.open_stream(path, body, headers)
     it = stream.__aiter__()
@@ -146,7 +145,7 @@ async def open_first(client: UpstreamClient, path: str, body: dict[str, Any], he
     return stream, it, first
 
 
-async def relay(request: web.Request, response: web.StreamResponse, stream: UpstreamStream, it: Any,
+async def relay(response: web.StreamResponse, stream: UpstreamStream, it: Any,
                 first: bytes, relay_state: Relay, rec: RequestRecord, client: UpstreamClient) -> None:
     """Write the committed stream to the client until [DONE], failure or client disconnect."""
     try:
@@ -180,6 +179,3 @@ async def relay(request: web.Request, response: web.StreamResponse, stream: Upst
 def stream_headers(base: dict[str, str]) -> dict[str, str]:
     return {**base, "content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
-
-def now() -> float:
-    return time.perf_counter()
