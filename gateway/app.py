@@ -9,6 +9,7 @@ benchmarks/). Handlers run in their own task context, so OpenTelemetry's Context
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -132,6 +133,7 @@ def make_app(state: AppState, *, watch_policy: bool = True, extra_setup: Any = N
             from gateway.reload import watch
 
             state.spawn(watch(state, semantic_factory=state.semantic_factory))
+        tune_gc()
 
     async def on_cleanup(app: web.Application) -> None:
         await state.close()
@@ -139,6 +141,18 @@ def make_app(state: AppState, *, watch_policy: bool = True, extra_setup: Any = N
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def tune_gc() -> None:
+    """The proxy path frees its objects by reference counting (no cycles per request), yet at the
+    default threshold (700 net allocations) the cyclic GC ran every ~10 requests at high
+    concurrency, scanning every in-flight request's objects: ~2.5% of the instructions per request
+    (callgrind). A higher threshold lets short-lived objects die before any scan. Everything
+    built at startup (policy models, compiled rules, modules) lives as long as the process: freeze
+    it so full collections stop re-scanning it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 async def _probe_loop(state: AppState) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.policy.schema import Cohort, HeaderMatch, Policy, Rule
+from gateway.prefilter import required_literals
 from gateway.request import ClientRequest
 
 Check = Callable[[ClientRequest], bool]
@@ -42,6 +43,13 @@ class CompiledRule:
             if not check(req):
                 return False
         return True
+
+    @property
+    def test(self) -> Check:
+        """One callable for the whole rule (the single check itself when there is one)."""
+        if len(self.checks) == 1:
+            return self.checks[0]
+        return self.matches
 
 
 def _header_check(h: HeaderMatch) -> Check:
@@ -92,11 +100,10 @@ def _compile_rule(rule: Rule) -> tuple[tuple[Check, ...], list[str]]:
         label.append(f"metadata {dict(items)}")
     if rule.keywords is not None:
         kw = re.compile(r"\b(?:" + "|".join(re.escape(k) for k in rule.keywords) + r")\b", re.IGNORECASE)
-        checks.append(lambda r: kw.search(r.last_user_text) is not None)
+        checks.append(text_check(kw))
         label.append(f"keywords {rule.keywords}")
     if rule.regex is not None:
-        rx = re.compile(rule.regex)
-        checks.append(lambda r: rx.search(r.last_user_text) is not None)
+        checks.append(text_check(re.compile(rule.regex)))
         label.append(f"regex {rule.regex!r}")
     if rule.prompt_chars is not None:
         lo = rule.prompt_chars.min if rule.prompt_chars.min is not None else 0
@@ -104,6 +111,29 @@ def _compile_rule(rule: Rule) -> tuple[tuple[Check, ...], list[str]]:
         checks.append(lambda r: lo <= r.prompt_chars <= hi)
         label.append(f"prompt_chars in [{lo}, {hi}]")
     return tuple(checks), label
+
+
+def text_check(rx: re.Pattern[str]) -> Check:
+    """`rx.search(last user message)`, behind a substring prefilter when the pattern is a set of
+    literals (keywords, `\\b(a|b)\\b`): `str.__contains__` is far cheaper than sre scanning a
+    long prompt, and most requests contain none of the literals."""
+    pre = required_literals(rx)
+    if pre is None:
+        return lambda r: rx.search(r.last_user_text) is not None
+    lits, icase = pre
+
+    def check(r: ClientRequest) -> bool:
+        text = r.last_user_text
+        if text.isascii():  # the prefilter is exact only for ASCII text (Unicode case folding)
+            hay = r.last_user_lower if icase else text
+            for lit in lits:
+                if lit in hay:
+                    break
+            else:
+                return False
+        return rx.search(text) is not None
+
+    return check
 
 
 def _rf_type(r: ClientRequest) -> str | None:
@@ -127,18 +157,26 @@ class Classifier:
         for cohort in policy.cohorts:
             self.rules.extend(_compile_cohort(cohort))
         self.semantic = semantic
+        # Decisions are immutable and depend only on the rule: build them once, not per request.
+        self._fast = tuple((r.test, Decision(r.cohort, r.label)) for r in self.rules)
+        self._default = Decision(self.default, "default (no rule matched)", source="default")
 
     def classify(self, req: ClientRequest, detailed: bool = False) -> Decision:
-        for rule in self.rules:
-            if rule.matches(req):
-                return Decision(rule.cohort, rule.detail if detailed else rule.label)
+        if detailed:
+            for rule in self.rules:
+                if rule.matches(req):
+                    return Decision(rule.cohort, rule.detail)
+        else:
+            for test, decision in self._fast:
+                if test(req):
+                    return decision
         if self.semantic is not None:
             text = req.last_user_text
             if text:
                 d = self.semantic.classify(text)
                 if d is not None:
                     return d
-        return Decision(self.default, "default (no rule matched)", source="default")
+        return self._default
 
 
 def _compile_cohort(cohort: Cohort) -> list[CompiledRule]:

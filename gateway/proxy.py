@@ -48,24 +48,31 @@ def new_request_id(request: web.Request) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
-def response_headers(rec: RequestRecord) -> dict[str, str]:
+def response_headers(rec: RequestRecord, debug: bool = False) -> dict[str, str]:
+    """Who served the answer; with `debug`, also why (each header costs CPU on every response)."""
     h = {"x-request-id": rec.request_id}
     if rec.cohort:
         h["x-cohort"] = rec.cohort
-        h["x-cohort-reason"] = rec.cohort_reason if rec.cohort_reason.isascii() else _ascii(rec.cohort_reason)
-        if rec.cohort_confidence is not None:
-            h["x-cohort-confidence"] = f"{rec.cohort_confidence:.3f}"
+        if debug:
+            h["x-cohort-reason"] = rec.cohort_reason if rec.cohort_reason.isascii() else _ascii(rec.cohort_reason)
+            if rec.cohort_confidence is not None:
+                h["x-cohort-confidence"] = f"{rec.cohort_confidence:.3f}"
     if rec.route_id:
         h["x-route"] = rec.route_id
     if rec.served_by:
         h["x-upstream"] = rec.served_by
         h["x-upstream-model"] = rec.served_model
-        h["x-canary-arm"] = rec.arm or "-"
+        if debug:
+            h["x-canary-arm"] = rec.arm or "-"
     if len(rec.attempts) > 1:
         h["x-gateway-attempts"] = str(len(rec.attempts))
         if rec.fallback_reason:
             h["x-fallback-reason"] = rec.fallback_reason
     return h
+
+
+def wants_debug(rt: Runtime, request: web.Request) -> bool:
+    return rt.policy.server.debug_headers or request.headers.get("x-cohortgate-debug") == "1"
 
 
 def _ascii(s: str) -> str:
@@ -75,7 +82,9 @@ def _ascii(s: str) -> str:
 async def handle(state: AppState, request: web.Request, path: str, operation: str) -> web.StreamResponse:
     rec = RequestRecord(new_request_id(request), operation=operation)
     rt = state.runtime  # one snapshot for the whole request, even if a reload swaps it meanwhile
-    state.begin(rec, request.headers)
+    tracing = state.tracing
+    if tracing is not None:
+        state.begin(rec, request.headers)
     try:
         caller = rt.auth.authenticate(request.headers)
         rec.key_name = caller.name
@@ -84,31 +93,34 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         creq = build_request(request, path, operation, body, caller, rt.aliases)
         rec.alias = creq.alias
         rec.stream = creq.stream
-        if state.tracing is not None and rt.policy.telemetry.record_content:
-            state.tracing.record_content(rec, body)  # opted in by the policy: the prompt goes on the span
-        if state.tracing is not None:
+        if tracing is not None:
+            if rt.policy.telemetry.record_content:
+                tracing.record_content(rec, body)  # opted in by the policy: the prompt goes on the span
             rec.request_params = {k: body[k] for k in _PARAMS if k in body}
         decision = rt.classifier.classify(creq)
         rec.cohort, rec.cohort_reason, rec.cohort_confidence = decision.cohort, decision.reason, decision.confidence
-        if not caller.may_use_cohort(decision.cohort):
+        if caller.cohorts is not None and decision.cohort not in caller.cohorts:
             raise Forbidden(f"Your API key may not send '{decision.cohort}' requests.", code="cohort_not_allowed")
         plan = rt.routes.plan(decision.cohort, creq.alias, creq)
         rec.route_id = plan.route.id
-        state.before_attempts(rt, plan, creq, rec)
+        if plan.route.mirror is not None:
+            state.before_attempts(rt, plan, creq, rec)
         if creq.stream:
             return await _stream(state, rt, request, plan, creq, rec)
         resp = await _complete(state, rt, plan, creq, rec)
         rec.status = 200
-        headers = response_headers(rec)
+        debug = wants_debug(rt, request)
+        headers = response_headers(rec, debug)
         headers["content-type"] = "application/json"
-        headers["x-gateway-overhead-ms"] = f"{_overhead_ms(rec):.3f}"
+        if debug:
+            headers["x-gateway-overhead-ms"] = f"{_overhead_ms(rec):.3f}"
         return web.Response(body=resp.raw, status=200, headers=headers)
     except GatewayError as err:
-        return _error_response(rec, err)
+        return _error_response(rec, err, wants_debug(rt, request))
     except Exception:
         log.exception("internal error on request %s", rec.request_id)
         return _error_response(rec, InternalError("Internal gateway error; see the gateway log for request "
-                                                  f"{rec.request_id}."))
+                                                  f"{rec.request_id}."), wants_debug(rt, request))
     finally:
         state.observe(rt, rec)
 
@@ -117,11 +129,11 @@ def _overhead_ms(rec: RequestRecord) -> float:
     return max(0.0, (rec.elapsed() - sum(a.seconds for a in rec.attempts)) * 1000.0)
 
 
-def _error_response(rec: RequestRecord, err: GatewayError) -> web.Response:
+def _error_response(rec: RequestRecord, err: GatewayError, debug: bool) -> web.Response:
     rec.status = getattr(err, "upstream_status", err.status)
     rec.outcome = "error"
     rec.error_type = err.reason
-    headers = {**response_headers(rec), "content-type": "application/json"}
+    headers = {**response_headers(rec, debug), "content-type": "application/json"}
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, int(err.retry_after + 0.999)))
     return web.Response(body=err.body(), status=rec.status, headers=headers)
@@ -129,25 +141,34 @@ def _error_response(rec: RequestRecord, err: GatewayError) -> web.Response:
 
 def _upstream_headers(rec: RequestRecord, state: AppState) -> dict[str, str]:
     h = {"x-request-id": rec.request_id}
-    state.inject_trace(h)
+    if state.tracing is not None:
+        state.inject_trace(h)
     return h
 
 
 async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientRequest,
                     rec: RequestRecord) -> UpstreamResponse:
     headers = _upstream_headers(rec, state)
+    gates = state.gates
 
     async def attempt(client: UpstreamClient, a: Attempt) -> UpstreamResponse:
         body = {**creq.body, "model": client.spec.model}
+        if state.tracing is None:  # no span: skip the context manager on the hot path
+            resp = await client.complete(creq.path, body, headers)
+            _take_usage(rec, resp.data)
+            if gates is not None:
+                gates.check(rt, plan, creq, rec, client, resp)
+            return resp
         with state.attempt_span(rec, client, a):
             resp = await client.complete(creq.path, body, headers)
             _take_usage(rec, resp.data)
-            state.check_gates(rt, plan, creq, rec, client, resp)
+            if gates is not None:
+                gates.check(rt, plan, creq, rec, client, resp)
         return resp
 
     resp: UpstreamResponse = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)
-    if rec.mirrored or _keeps_content(state, rt):
+    if rec.mirrored or (state.tracing is not None and _keeps_content(state, rt)):
         choices = resp.data.get("choices")
         first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         rec.output = first.get("message") or {"role": "assistant", "content": first.get("text")}
@@ -167,6 +188,8 @@ def _take_usage(rec: RequestRecord, data: dict[str, Any]) -> None:
 
 
 def _arm(plan: Plan, served_by: str) -> str:
+    if served_by == plan.chosen.upstream:  # the common case
+        return plan.chosen.arm or "primary"
     for t in plan.route.targets:
         if t.upstream == served_by:
             return t.arm or ("primary" if t is plan.chosen else "target")
@@ -185,7 +208,7 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
     stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)
     rec.status = 200
-    response = web.StreamResponse(status=200, headers=stream_headers(response_headers(rec)))
+    response = web.StreamResponse(status=200, headers=stream_headers(response_headers(rec, wants_debug(rt, request))))
     await response.prepare(request)
     client = rt.upstreams[rec.served_by]
     gated = state.gates is not None and bool(gates_for(plan.route, creq))

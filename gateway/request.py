@@ -27,6 +27,7 @@ class ClientRequest:
     alias: str
     stream: bool
     _last_user: str | None = None
+    _last_user_lower: str | None = None
     _all_text_len: int = -1
 
     @property
@@ -34,6 +35,12 @@ class ClientRequest:
         if self._last_user is None:
             self._last_user = _last_user_text(self.body)
         return self._last_user
+
+    @property
+    def last_user_lower(self) -> str:
+        if self._last_user_lower is None:
+            self._last_user_lower = self.last_user_text.lower()
+        return self._last_user_lower
 
     @property
     def prompt_chars(self) -> int:
@@ -95,7 +102,6 @@ class RequestRecord:
     arm: str = ""
     stream: bool = False
     started: float = field(default_factory=time.perf_counter)
-    wall_started: float = field(default_factory=time.time)
     attempts: list[Attempt] = field(default_factory=list)
     served_by: str = ""  # upstream name that produced the answer
     served_model: str = ""  # upstream served model name

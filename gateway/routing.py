@@ -19,7 +19,7 @@ from gateway.policy.schema import Policy, Route, Target
 from gateway.request import ClientRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field
 class Plan:
     route: Route
     chosen: Target
@@ -28,7 +28,7 @@ class Plan:
 
 
 class CompiledRoute:
-    __slots__ = ("route", "_cum", "_total", "_targets", "_fallback", "_chains")
+    __slots__ = ("route", "_cum", "_total", "_targets", "_fallback", "_chains", "_plans", "sticky")
 
     def __init__(self, route: Route) -> None:
         self.route = route
@@ -45,6 +45,15 @@ class CompiledRoute:
             t.upstream: (t.upstream,) + tuple(f for f in dict.fromkeys(self._fallback) if f != t.upstream)
             for t in self._targets
         }
+        self.sticky = route.sticky
+        # without a sticky key a plan depends only on the target: build each once (treat as read-only)
+        self._plans = [Plan(route, t, self._chains[t.upstream], None) for t in self._targets]
+
+    def pick_plan(self) -> Plan:
+        if len(self._plans) == 1:
+            return self._plans[0]
+        i = bisect.bisect_right(self._cum, random.random() * self._total)
+        return self._plans[min(i, len(self._plans) - 1)]
 
     def pick(self, sticky_key: str | None) -> Target:
         if len(self._targets) == 1:
@@ -84,7 +93,9 @@ class RouteTable:
         return self._table[(cohort, alias)]
 
     def plan(self, cohort: str, alias: str, req: ClientRequest | None) -> Plan:
-        cr = self.lookup(cohort, alias)
+        cr = self._table[(cohort, alias)]
+        if cr.sticky is None:
+            return cr.pick_plan()
         key = sticky_key(cr.route, req) if req is not None else None
         target = cr.pick(key)
         return Plan(cr.route, target, cr.chain_for(target), key)

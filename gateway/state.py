@@ -16,7 +16,7 @@ from gateway.metrics import Metrics
 from gateway.request import Attempt, ClientRequest, RequestRecord
 from gateway.routing import Plan
 from gateway.runtime import Runtime
-from gateway.upstream.base import UpstreamClient, UpstreamResponse
+from gateway.upstream.base import UpstreamClient
 
 log = logging.getLogger("cohortgate")
 _NULL: AbstractContextManager[Any] = nullcontext()
@@ -58,11 +58,6 @@ class AppState:
         if self.tracing is not None:
             self.tracing.inject(headers)
 
-    def check_gates(self, rt: Runtime, plan: Plan, creq: ClientRequest, rec: RequestRecord,
-                    client: UpstreamClient, resp: UpstreamResponse) -> None:
-        if self.gates is not None:
-            self.gates.check(rt, plan, creq, rec, client, resp)
-
     @property
     def circuit_allows(self) -> Any:
         return self.circuits.allows if self.circuits is not None else None
@@ -72,7 +67,9 @@ class AppState:
         try:
             self.metrics.record(rec)
             if self.circuits is not None and rec.route_id:
-                self.circuits.record(rt.routes.by_id.get(rec.route_id), rec)
+                route = rt.routes.by_id.get(rec.route_id)
+                if route is not None and route.circuit is not None:
+                    self.circuits.record(route, rec)
             if self.feedback is not None:
                 self.feedback.remember(rec)
             if rec.mirrored and self.mirror is not None:

@@ -248,6 +248,9 @@ class Server(_Model):
     feedback_max_entries: int = Field(50_000, ge=0, description="most recent request ids kept for feedback "
                                       "(about 250 bytes each)")
     shadow_log: str | None = Field(None, description="JSONL sink for mirrored pairs (a run for `cohortgate eval`)")
+    debug_headers: bool = Field(False, description="add x-cohort-reason, x-cohort-confidence, x-canary-arm and "
+                                "x-gateway-overhead-ms to every answer (a caller gets them for one request by "
+                                "sending `x-cohortgate-debug: 1`)")
 
 
 class Policy(_Model):

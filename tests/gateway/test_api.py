@@ -37,8 +37,22 @@ def test_chat_non_streamed_with_headers(gw):
     assert h["x-request-id"].startswith("req_")
     assert h["x-cohort"] == "out_of_domain" and h["x-route"] == "r"
     assert h["x-upstream"] == "a" and h["x-upstream-model"] == "a-served"
-    assert float(h["x-gateway-overhead-ms"]) >= 0
+    # the why-headers cost CPU on every answer: only on request (or by policy, below)
+    assert not {"x-cohort-reason", "x-canary-arm", "x-gateway-overhead-ms"} & set(h)
     assert a.seen()[-1]["body"]["model"] == "a-served"
+    dbg = client(g).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "hello there"}],
+        extra_headers={"x-cohortgate-debug": "1"}).headers
+    assert dbg["x-cohort-reason"] == "default (no rule matched)" and dbg["x-canary-arm"] == "primary"
+    assert float(dbg["x-gateway-overhead-ms"]) >= 0
+
+
+def test_debug_headers_by_policy(fake, gateway):
+    a = fake("a")
+    g = gateway(policy({"a": a.url}, ROUTES, extra="server:\n  debug_headers: true\n"))
+    r = httpx.post(g.base_url + "/chat/completions", timeout=10,
+                   json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    assert r.status_code == 200 and r.headers["x-cohort-reason"] and r.headers["x-canary-arm"] == "primary"
 
 
 def test_chat_streamed_through_sdk(gw):

@@ -54,7 +54,8 @@ auth:
 def cohort_of(g, body_extra=None, headers=None, key="key-a", text="hello", model="m"):
     body = {"model": model, "messages": [{"role": "user", "content": text}], **(body_extra or {})}
     r = httpx.post(g.base_url + "/chat/completions", json=body,
-                   headers={"authorization": f"Bearer {key}", **(headers or {})}, timeout=10)
+                   headers={"authorization": f"Bearer {key}", "x-cohortgate-debug": "1", **(headers or {})},
+                   timeout=10)
     assert r.status_code == 200, r.text
     return r.headers["x-cohort"], r.headers["x-route"], r.headers["x-cohort-reason"]
 
@@ -98,7 +99,7 @@ def test_weighted_split_within_bounds(fake, gateway):
     g = gateway(policy({"a": a.url, "b": b.url}, routes))
     n = 1000
     counts = {"a": 0, "b": 0}
-    with httpx.Client(timeout=10) as c:
+    with httpx.Client(timeout=10, headers={"x-cohortgate-debug": "1"}) as c:
         for _ in range(n):
             r = c.post(g.base_url + "/chat/completions", json={"model": "m", "messages": [
                 {"role": "user", "content": "x"}]})

@@ -33,7 +33,7 @@ def gw(fake, gateway, policy_text):
 
 
 def classify(g, text, **extra):
-    r = httpx.post(g.base_url + "/chat/completions", timeout=10, json={
+    r = httpx.post(g.base_url + "/chat/completions", timeout=10, headers={"x-cohortgate-debug": "1"}, json={
         "model": "support-assistant", "messages": [{"role": "user", "content": text}], **extra})
     assert r.status_code == 200
     return r.headers

@@ -56,7 +56,7 @@ def test_plain_request_span_attributes(otlp, fake, gateway):
     a, b = fake("a"), fake("b")
     g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
     r = chat(g, "I want a refund please", body={"temperature": 0.3, "max_tokens": 50, "top_p": 0.9, "seed": 7,
-                                                 "stop": ["END"]})
+                                                 "stop": ["END"]}, headers={"x-cohortgate-debug": "1"})
     assert r.status_code == 200, r.text
     usage = r.json()["usage"]
     root, (att,) = spans_of(otlp, r.headers["x-request-id"], 1)
