@@ -48,6 +48,7 @@ class Options:
     workdir: Path
     rows_per_cohort: int | None
     max_tokens: int
+    concurrency: int = 16
 
 
 class DemoError(RuntimeError):
@@ -223,7 +224,7 @@ def stage_eval(view: StageView, opts: Options, servers: dict[str, tuple[str, str
             "base": str(models.base), "code": code_hash("evals"), "max_tokens": opts.max_tokens,
         }, sort_keys=True, default=str).encode()).hexdigest()[:12]
         run = opts.workdir / f"run-{key}"
-        args = ["eval", "run", "--dataset", str(data), "--out", str(run), "--concurrency", "4",
+        args = ["eval", "run", "--dataset", str(data), "--out", str(run), "--concurrency", str(opts.concurrency),
                 "--max-tokens", str(opts.max_tokens), "--support", "lexical" if opts.fast else "embedding"]
         for name, (url, served) in servers.items():
             args += ["--model", f"{name}={url}:{served}"]

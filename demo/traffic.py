@@ -41,40 +41,49 @@ def pick_rows(rows: list[Row], per_cohort: int) -> list[Row]:
     return out
 
 
-def burst(base_url: str, rows: list[Row], max_tokens: int, api_key: str = "sk-demo") -> list[Sent]:
+def burst(base_url: str, rows: list[Row], max_tokens: int, api_key: str = "sk-demo", concurrency: int = 8
+          ) -> list[Sent]:
+    """Send every row through the gateway, `concurrency` at a time (vLLM batches them), in row order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from openai import OpenAI
 
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
-    sent: list[Sent] = []
-    for i, row in enumerate(rows):
-        body = row.request_body(ALIAS)
-        body.pop("model")
-        stream = i % 3 == 1 and not row.tools and not row.response_format
-        t0 = time.monotonic()
-        status = "ok"
-        headers: Any = {}
-        try:
-            if stream:
-                with client.chat.completions.with_streaming_response.create(
-                        model=ALIAS, stream=True, max_tokens=max_tokens, temperature=0,
-                        stream_options={"include_usage": True}, user=f"user-{i % 5}", **body) as resp:
-                    headers = resp.headers
-                    for _ in resp.iter_lines():
-                        pass
-            else:
-                raw = client.chat.completions.with_raw_response.create(
-                    model=ALIAS, max_tokens=max_tokens, temperature=0, user=f"user-{i % 5}", **body)
-                headers = raw.headers
-                raw.parse()
-        except Exception as exc:  # the burst reports failures instead of stopping the demo
-            status = f"error: {type(exc).__name__}: {str(exc)[:120]}"
-            response = getattr(exc, "response", None)
-            if response is not None:
-                headers = response.headers
-        sent.append(Sent(row.id, row.cohort, headers.get("x-cohort", "-"), headers.get("x-upstream", "-"),
-                         headers.get("x-canary-arm", "-"), stream, status, round(time.monotonic() - t0, 2),
-                         headers.get("x-request-id", "")))
-    return sent
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        return list(pool.map(lambda ir: _send(client, ir[0], ir[1], max_tokens), enumerate(rows)))
+
+
+def _send(client: Any, i: int, row: Row, max_tokens: int) -> Sent:
+    body = row.request_body(ALIAS)
+    body.pop("model")
+    stream = i % 3 == 1 and not row.tools and not row.response_format
+    # x-cohortgate-debug: the gateway adds why-headers (cohort reason, canary arm, overhead) to the answer
+    extra = {"x-cohortgate-debug": "1"}
+    t0 = time.monotonic()
+    status = "ok"
+    headers: Any = {}
+    try:
+        if stream:
+            with client.chat.completions.with_streaming_response.create(
+                    model=ALIAS, stream=True, max_tokens=max_tokens, temperature=0, extra_headers=extra,
+                    stream_options={"include_usage": True}, user=f"user-{i % 5}", **body) as resp:
+                headers = resp.headers
+                for _ in resp.iter_lines():
+                    pass
+        else:
+            raw = client.chat.completions.with_raw_response.create(
+                model=ALIAS, max_tokens=max_tokens, temperature=0, user=f"user-{i % 5}", extra_headers=extra,
+                **body)
+            headers = raw.headers
+            raw.parse()
+    except Exception as exc:  # the burst reports failures instead of stopping the demo
+        status = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+        response = getattr(exc, "response", None)
+        if response is not None:
+            headers = response.headers
+    return Sent(row.id, row.cohort, headers.get("x-cohort", "-"), headers.get("x-upstream", "-"),
+                headers.get("x-canary-arm", "-"), stream, status, round(time.monotonic() - t0, 2),
+                headers.get("x-request-id", ""))
 
 
 def send_feedback(gateway: str, sent: list[Sent]) -> int:
