@@ -83,8 +83,9 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
     rec = RequestRecord(new_request_id(request), operation=operation)
     rt = state.runtime  # one snapshot for the whole request, even if a reload swaps it meanwhile
     tracing = state.tracing
-    if tracing is not None:
-        state.begin(rec, request.headers)
+    # traced: this request's spans are recorded (tracing on and sampled); an unsampled request
+    # only passes its traceparent on
+    traced = tracing is not None and state.begin(rec, request.headers)
     try:
         caller = rt.auth.authenticate(request.headers)
         rec.key_name = caller.name
@@ -93,7 +94,7 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         creq = build_request(request, path, operation, body, caller, rt.aliases)
         rec.alias = creq.alias
         rec.stream = creq.stream
-        if tracing is not None:
+        if traced:
             if rt.policy.telemetry.record_content:
                 tracing.record_content(rec, body)  # opted in by the policy: the prompt goes on the span
             rec.request_params = {k: body[k] for k in _PARAMS if k in body}
@@ -106,8 +107,8 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         if plan.route.mirror is not None:
             state.before_attempts(rt, plan, creq, rec)
         if creq.stream:
-            return await _stream(state, rt, request, plan, creq, rec)
-        resp = await _complete(state, rt, plan, creq, rec)
+            return await _stream(state, rt, request, plan, creq, rec, traced)
+        resp = await _complete(state, rt, plan, creq, rec, traced)
         rec.status = 200
         debug = wants_debug(rt, request)
         headers = response_headers(rec, debug)
@@ -147,13 +148,13 @@ def _upstream_headers(rec: RequestRecord, state: AppState) -> dict[str, str]:
 
 
 async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientRequest,
-                    rec: RequestRecord) -> UpstreamResponse:
+                    rec: RequestRecord, traced: bool) -> UpstreamResponse:
     headers = _upstream_headers(rec, state)
     gates = state.gates
 
     async def attempt(client: UpstreamClient, a: Attempt) -> UpstreamResponse:
         body = {**creq.body, "model": client.spec.model}
-        if state.tracing is None:  # no span: skip the context manager on the hot path
+        if not traced:  # no span: skip the context manager on the hot path
             resp = await client.complete(creq.path, body, headers)
             _take_usage(rec, resp.data)
             if gates is not None:
@@ -168,7 +169,7 @@ async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientReques
 
     resp: UpstreamResponse = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)
-    if rec.mirrored or (state.tracing is not None and _keeps_content(state, rt)):
+    if rec.mirrored or (traced and rt.policy.telemetry.record_content):
         choices = resp.data.get("choices")
         first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         rec.output = first.get("message") or {"role": "assistant", "content": first.get("text")}
@@ -197,11 +198,13 @@ def _arm(plan: Plan, served_by: str) -> str:
 
 
 async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan, creq: ClientRequest,
-                  rec: RequestRecord) -> web.StreamResponse:
+                  rec: RequestRecord, traced: bool) -> web.StreamResponse:
     headers = _upstream_headers(rec, state)
     body, injected = with_usage(creq.body)
 
     async def attempt(client: UpstreamClient, a: Attempt) -> tuple[Any, Any, bytes]:
+        if not traced:
+            return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
         with state.attempt_span(rec, client, a):
             return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
 
@@ -212,7 +215,7 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
     await response.prepare(request)
     client = rt.upstreams[rec.served_by]
     gated = state.gates is not None and bool(gates_for(plan.route, creq))
-    keep = rec.mirrored or _keeps_content(state, rt)
+    keep = rec.mirrored or (traced and rt.policy.telemetry.record_content)
     relay_state = Relay(rec, injected, collect=gated or keep)
     t0 = time.perf_counter()
     await relay(response, stream, it, first, relay_state, rec, client)
@@ -224,8 +227,3 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
         if keep:
             rec.output = message
     return response
-
-
-def _keeps_content(state: AppState, rt: Runtime) -> bool:
-    """The answer is kept on the record for shadow pairs and, when the policy opts in, for spans."""
-    return state.tracing is not None and rt.policy.telemetry.record_content

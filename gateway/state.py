@@ -37,13 +37,15 @@ class AppState:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ request hooks
-    def begin(self, rec: RequestRecord, headers: Any) -> None:
-        """Start of a client request (before auth): tracing opens the root span here."""
+    def begin(self, rec: RequestRecord, headers: Any) -> bool:
+        """Start of a client request (before auth): tracing opens the root span here. True when
+        the request is traced (sampled): its attempts get spans."""
         if self.tracing is not None:
             try:
-                self.tracing.begin(rec, headers)
+                return bool(self.tracing.begin(rec, headers))
             except Exception:  # telemetry must never break serving
                 log.exception("tracing begin failed for %s", rec.request_id)
+        return False
 
     def before_attempts(self, rt: Runtime, plan: Plan, creq: ClientRequest, rec: RequestRecord) -> None:
         if self.mirror is not None and plan.route.mirror is not None:

@@ -182,7 +182,8 @@ class Tracing:
         return bool(st is not None and st.runtime.policy.telemetry.record_content)
 
     # ------------------------------------------------------------------ request hooks
-    def begin(self, rec: RequestRecord, headers: Any) -> None:
+    def begin(self, rec: RequestRecord, headers: Any) -> bool:
+        """Opens the request's context; returns whether it is sampled (recorded)."""
         tp = headers.get("traceparent")
         parent = parse_traceparent(tp) if tp else None
         if parent is not None:
@@ -190,15 +191,19 @@ class Tracing:
             tracestate = headers.get("tracestate")
         else:
             trace_id, parent_id, parent_sampled, tracestate = _rand.getrandbits(128) or 1, 0, None, None
-        req = _Req(rec, trace_id, _rand.getrandbits(64) or 1, parent_id,
-                   self.sampler.decide(trace_id, parent_sampled), tracestate)
+        sampled = self.sampler.decide(trace_id, parent_sampled)
+        req = _Req(rec, trace_id, _rand.getrandbits(64) or 1, parent_id, sampled, tracestate)
         req.token = _CUR.set(req)
+        return sampled
 
     def inject(self, headers: dict[str, str]) -> None:
         req = _CUR.get()
         if req is not None:
             req.headers = headers
-            req.propagate(headers, req.span_id)
+            # a sampled request's attempts each set their own span as the parent (attempt_span);
+            # otherwise (unsampled, or a shadow call) the upstream's parent is this context's span
+            if not req.sampled or req.rec is None:
+                req.propagate(headers, req.span_id)
 
     def attempt_span(self, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> _AttemptSpan:
         return _AttemptSpan(self, rec, client, a)
@@ -207,6 +212,12 @@ class Tracing:
         req = _CUR.get()
         if req is None or req.rec is not rec:
             log.warning("tracing: finish() for request %s without its begin() context", rec.request_id)
+            return
+        if not req.sampled:  # nothing recorded: leave the context and go
+            try:
+                _CUR.reset(req.token)
+            except ValueError:
+                pass
             return
         output = getattr(rec, "output", None)  # the proxy keeps the answer for mirrored requests
         if output is not None and req.sampled and (req.content is None or "gen_ai.output.messages" not in req.content):
