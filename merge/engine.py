@@ -27,6 +27,10 @@ from merge.st_io import ST_DTYPES
 from merge.writer import ShardedWriter
 
 READ_AHEAD_TENSORS = 3
+# elementwise methods compute in blocks of this many elements: their dozen temporaries per input
+# then stay in the L2 cache (~3x faster per op than 1 MB chunk-sized operands), while reads and
+# writes keep the larger chunk size
+COMPUTE_BLOCK = 1 << 16
 
 
 class Cancelled(Exception):
@@ -118,6 +122,17 @@ class Engine:
                 files = self.plan.sources[ref.source].files
                 files.advise(files.tensors[ref.name])
 
+    def _apply_emit(self, tp: TensorPlan, xs: list[torch.Tensor], state: Any, offset: int) -> None:
+        n = xs[0].numel()
+        if not tp.method.elementwise or n <= COMPUTE_BLOCK:
+            self._emit(tp, tp.method.apply(tp.job, xs, state, offset), offset)
+            return
+        out = torch.empty(n, dtype=_torch_dtype(tp.out_dtype))
+        for s in range(0, n, COMPUTE_BLOCK):
+            e = min(n, s + COMPUTE_BLOCK)
+            out[s:e].copy_(tp.method.apply(tp.job, [x[s:e] for x in xs], state, offset + s))
+        self._emit(tp, out, offset)
+
     def _emit(self, tp: TensorPlan, out: torch.Tensor, elem_offset: int) -> None:
         data = out.to(_torch_dtype(tp.out_dtype)).contiguous().view(torch.uint8)
         self.writer.write(tp.name, elem_offset * ST_DTYPES[tp.out_dtype][1],
@@ -145,12 +160,12 @@ class Engine:
         if len(ranges) == 1:
             xs = load(0, n_rows)
             state = tp.method.stats(tp.job, one_chunk(xs))
-            self._emit(tp, tp.method.apply(tp.job, xs, state, 0), 0)
+            self._apply_emit(tp, xs, state, 0)
             return
         state = tp.method.stats(tp.job, lambda: ((r0 * row, load(r0, r1)) for r0, r1 in ranges))
         for r0, r1 in ranges:
             xs = load(r0, r1)
-            self._emit(tp, tp.method.apply(tp.job, xs, state, r0 * row), r0 * row)
+            self._apply_emit(tp, xs, state, r0 * row)
 
     def _raw_copy(self, tp: TensorPlan) -> bool:
         """Passthrough without scaling, conversion, LoRA or remapping: copy bytes in 64 MB pieces."""

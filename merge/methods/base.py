@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,24 @@ import torch
 
 Chunks = Callable[[], Iterator[tuple[int, list[torch.Tensor]]]]
 RNG_BLOCK = 1 << 16
+# streams up to this many values are selected in memory (4 bytes each per queried stream), by
+# at most WHOLE_SELECT_SLOTS threads at once (peak RSS); the others take the streaming path.
+# Released buffers are kept for the next tensor: fresh ones would be page-faulted and zeroed
+# by the kernel every time (~10% of a TIES merge's CPU).
+WHOLE_SELECT = 1 << 22
+WHOLE_SELECT_SLOTS = 2
+_select_pool: list[list[np.ndarray]] = [[] for _ in range(WHOLE_SELECT_SLOTS)]
+_select_lock = threading.Lock()
+
+
+def _take_select_buffers() -> list[np.ndarray] | None:
+    with _select_lock:
+        return _select_pool.pop() if _select_pool else None
+
+
+def _give_select_buffers(bufs: list[np.ndarray]) -> None:
+    with _select_lock:
+        _select_pool.append(bufs)
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,9 @@ class Method:
     max_models: int | None = None
     random: bool = False
     whole_tensor: bool = False  # True: `apply` needs the whole tensor in one chunk
+    # True: output element j depends only on element j of the inputs (and `state`), so the
+    # engine may call `apply` on any sub-range of a chunk (it uses cache-sized blocks)
+    elementwise: bool = False
     shared_params: dict[str, Param] = {}
     model_params: dict[str, Param] = {}
 
@@ -91,17 +113,17 @@ class _Bracket:
 
     high: float
     low: float
-    buf: torch.Tensor
+    buf: np.ndarray
     used: int = 0
     above: int = 0
 
-    def append(self, got: torch.Tensor) -> None:
-        if self.used + got.numel() > self.buf.numel():
-            grown = torch.empty(max(self.buf.numel() * 2, self.used + got.numel()), dtype=torch.float32)
+    def append(self, got: np.ndarray) -> None:
+        if self.used + got.size > self.buf.size:
+            grown = np.empty(max(self.buf.size * 2, self.used + got.size), dtype=np.float32)
             grown[: self.used] = self.buf[: self.used]
             self.buf = grown
-        self.buf[self.used : self.used + got.numel()] = got
-        self.used += got.numel()
+        self.buf[self.used : self.used + got.size] = got
+        self.used += got.size
 
 
 def kth_largest(values: Callable[[], Iterator[torch.Tensor]], n: int, k: int) -> float:
@@ -111,25 +133,46 @@ def kth_largest(values: Callable[[], Iterator[torch.Tensor]], n: int, k: int) ->
 
 def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
                      queries: list[tuple[int, int]]) -> list[float]:
-    """Exact k-th largest values of several streams of `n` values each, in two passes in all.
+    """Exact k-th largest values of several streams of `n` values each.
 
     `values()` yields, per chunk, one 1-D fp32 tensor per stream; `queries` are (stream, k)
-    pairs (k 1-based). Instead of sorting (mergekit argsorts every tensor), a stratified random
-    sample of each stream brackets each answer, one pass counts the values above each bracket
-    and collects the few inside it, and `kthvalue` runs on those. A bracket that misses
-    (adversarial data) is widened, finally to everything, so every result is exact."""
+    pairs (k 1-based). Instead of sorting (mergekit argsorts every tensor):
+    - n ≤ WHOLE_SELECT: one pass copies each queried stream into one buffer and numpy's
+      introselect (`ndarray.partition`, ~1.5 ns/element, vs ~20 for torch.kthvalue) places
+      every queried rank;
+    - larger n (embeddings): a stratified random sample of each stream brackets each answer,
+      one more pass counts the values above each bracket and collects the few inside it, and
+      the selection runs on those. A bracket that misses (adversarial data) is widened,
+      finally to everything, so every result is exact.
+    The candidate pass uses numpy comparisons and boolean indexing, several times faster than
+    torch's on CPU."""
     for _, k in queries:
         if not 1 <= k <= n:
             raise ValueError(f"k={k} out of range for n={n}")
     if not queries:
         return []
-    if n <= 1 << 16:
-        whole = [torch.cat(list(parts)) for parts in zip(*values(), strict=False)]
-        return [float(whole[s].kthvalue(n - k + 1).values) for s, k in queries]
-    if n <= 1 << 20:  # small enough to keep: compute the values once for both passes
-        cached = list(values())
-        values = lambda: iter(cached)  # noqa: E731
     streams = sorted({s for s, _ in queries})
+    bufs = _take_select_buffers() if n <= WHOLE_SELECT else None
+    pooled = bufs is not None
+    if bufs is None and n <= 1 << 16:
+        bufs = []  # small streams: fresh buffers cost nothing (and sampling needs n ≥ 1024)
+    if bufs is not None:
+        try:
+            while len(bufs) < len(streams):
+                bufs.append(np.empty(WHOLE_SELECT if pooled else n, dtype=np.float32))
+            whole = {s: bufs[i][:n] for i, s in enumerate(streams)}
+            off = 0
+            for chunk in values():
+                size = chunk[streams[0]].numel()
+                for s in streams:
+                    whole[s][off : off + size] = chunk[s].numpy()
+                off += size
+            for s in streams:
+                whole[s].partition(sorted({n - k for t, k in queries if t == s}))
+            return [float(whole[s][n - k]) for s, k in queries]
+        finally:
+            if pooled:
+                _give_select_buffers(bufs)
     m = min(1 << 14, max(1 << 10, n >> 4))
     stride = n // m
     g = torch.Generator().manual_seed(0x5EED)
@@ -159,22 +202,24 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
             hi_v = float(sample[s].kthvalue(m - hi_i).values) if hi_i >= 0 and attempt < 2 else math.inf
             lo_v = float(sample[s].kthvalue(m - lo_i).values) if lo_i < m and attempt < 2 else -math.inf
             cap = min(n, int(n * (2 * margins[q] / m) * 1.5) + 1024) if attempt < 2 else n
-            brackets[q] = _Bracket(hi_v, lo_v, torch.empty(cap, dtype=torch.float32))
+            brackets[q] = _Bracket(hi_v, lo_v, np.empty(cap, dtype=np.float32))
         for chunk in values():
             for q, b in brackets.items():
-                c = chunk[q[0]]
+                c = chunk[q[0]].numpy()
+                # bracket bounds are float32 values, so comparing in float32 is exact
                 if b.high != math.inf:
-                    high = c > b.high
-                    b.above += int(torch.count_nonzero(high))
-                    sel = (c >= b.low).logical_and_(high.logical_not_())
+                    high = np.greater(c, np.float32(b.high))
+                    b.above += int(np.count_nonzero(high))
+                    sel = np.greater_equal(c, np.float32(b.low))
+                    sel &= ~high
                 else:
-                    sel = c >= b.low
+                    sel = np.greater_equal(c, np.float32(b.low))
                 b.append(c[sel])
         for q, b in brackets.items():
             cand = b.buf[: b.used]
             need = q[1] - b.above
-            if 1 <= need <= cand.numel():
-                results[q] = float(cand.kthvalue(cand.numel() - need + 1).values)
+            if 1 <= need <= cand.size:
+                results[q] = float(np.partition(cand, cand.size - need)[cand.size - need])
             else:
                 margins[q] *= 8
     return [results[q] for q in queries]
@@ -191,14 +236,19 @@ def uniform(key: tuple[object, ...], offset: int, count: int) -> torch.Tensor:
 
     The stream is cut in fixed blocks of RNG_BLOCK elements, each from its own PCG64 generator
     (numpy) seeded by a hash of (key, block index), so any chunking of a tensor sees the same
-    numbers."""
+    numbers. A block read from its start is generated straight into the result (numpy draws
+    sequentially, so its first `take` numbers are those of the full block)."""
     out = torch.empty(count, dtype=torch.float32)
+    view = out.numpy()
     pos = 0
     while pos < count:
         el = offset + pos
         b, inner = divmod(el, RNG_BLOCK)
-        block = np.random.Generator(np.random.PCG64(_block_seed(key, b))).random(RNG_BLOCK, dtype=np.float32)
+        gen = np.random.Generator(np.random.PCG64(_block_seed(key, b)))
         take = min(RNG_BLOCK - inner, count - pos)
-        out[pos : pos + take] = torch.from_numpy(block[inner : inner + take])
+        if inner == 0:
+            gen.random(take, dtype=np.float32, out=view[pos : pos + take])
+        else:
+            view[pos : pos + take] = gen.random(inner + take, dtype=np.float32)[inner:]
         pos += take
     return out

@@ -75,6 +75,7 @@ def breadcrumbs(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Se
 
 
 class Breadcrumbs(Method):
+    elementwise = True
     needs_base = True
     shared_params = GTA_SHARED
     model_params = {"weight": Param(float), "density": Param(float, 1.0), "gamma": Param(float, 0.01)}

@@ -32,6 +32,7 @@ def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize:
 
 
 class Linear(Method):
+    elementwise = True
     name = "linear"
     uses_base = False
     shared_params = {"normalize": Param(bool, True)}

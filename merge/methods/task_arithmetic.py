@@ -39,6 +39,7 @@ GTA_SHARED = {"normalize": Param(bool, False), "lambda": Param(float, 1.0), "int
 
 
 class TaskArithmetic(Method):
+    elementwise = True
     name = "task_arithmetic"
     needs_base = True
     shared_params = GTA_SHARED

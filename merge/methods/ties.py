@@ -14,6 +14,7 @@ order and chunking (mergekit breaks ties by sort order). normalize defaults to t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ def magnitude_thresholds(chunks: Chunks, n: int, densities: list[float]) -> list
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def below(value: float) -> float:
     """The largest float32 below `value`, so that |x| > below(v) ⇔ |x| ≥ v for float32 x."""
     t = torch.tensor(value, dtype=torch.float32)
@@ -71,6 +73,7 @@ def ties(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[
 
 
 class Ties(Method):
+    elementwise = True
     name = "ties"
     needs_base = True
     shared_params = {**GTA_SHARED, "normalize": Param(bool, True)}

@@ -147,6 +147,25 @@ def test_kth_largest_exact_on_big_and_adversarial_inputs() -> None:
     assert kth_largest(lambda: iter([y]), y.numel(), 100_000) == 1.0
 
 
+def test_kth_largest_streaming_path_when_select_buffers_are_busy() -> None:
+    """Other worker threads may hold every in-memory selection buffer: the sampled streaming
+    path (and fresh buffers for small streams) must give the same exact answers."""
+    from merge.methods import base as mb
+
+    held = [mb._take_select_buffers() for _ in range(mb.WHOLE_SELECT_SLOTS)]
+    try:
+        assert mb._take_select_buffers() is None
+        for n in (100, 5_000, 300_000):
+            x = rnd(n).abs()
+            srt = x.sort(descending=True).values
+            for k in {1, n // 3 or 1, n}:
+                assert kth_largest(lambda: iter([x[: n // 2], x[n // 2 :]]), n, k) == float(srt[k - 1])
+    finally:
+        for bufs in held:
+            if bufs is not None:
+                mb._give_select_buffers(bufs)
+
+
 # ------------------------------------------------------------------ DARE
 def ref_dare(base: torch.Tensor, xs: list[torch.Tensor], w: list[float], dens: list[float], seed: int, name: str,
              consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
