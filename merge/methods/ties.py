@@ -25,6 +25,9 @@ from merge.methods.base import Chunks, Job, Method, Param, kth_largest_many, one
 from merge.methods.task_arithmetic import GTA_SHARED
 
 
+SELECT_BLOCK = 1 << 16
+
+
 def magnitude_thresholds(chunks: Chunks, n: int, densities: list[float]) -> list[float | None]:
     """Trim threshold of each model's delta (inputs[0] is the base); None = keep all, +inf =
     drop all. One pair of streaming passes serves every model."""
@@ -39,10 +42,15 @@ def magnitude_thresholds(chunks: Chunks, n: int, densities: list[float]) -> list
             out.append(0.0)
             queries.append((i, max(1, int(d * n))))
 
+    used = {q[0] for q in queries}
+
     def values():  # type: ignore[no-untyped-def]
+        # in blocks of SELECT_BLOCK: the |δ| temporaries stay in the L2 cache
         for _, xs in chunks():
-            yield [(x - xs[0]).abs_() if any(q[0] == i for q in queries) else xs[0]
-                   for i, x in enumerate(xs[1:])]
+            size = xs[0].numel()
+            for s in range(0, size, SELECT_BLOCK):
+                b = xs[0][s : s + SELECT_BLOCK]
+                yield [(x[s : s + SELECT_BLOCK] - b).abs_() if i in used else b for i, x in enumerate(xs[1:])]
 
     for (i, _), v in zip(queries, kth_largest_many(values, n, queries), strict=False):
         out[i] = v
