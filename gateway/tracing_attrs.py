@@ -83,7 +83,11 @@ class RootBuild:
                     rec.cohort_reason, rec.route_id, rec.served_by, rec.arm, rec.fallback_reason, rec.key_name,
                     tuple(rec.finish_reasons), pkey), self.fixed)
         a = s.attrs = {"cohortgate.request_id": rec.request_id}
-        usage(a, rec)
+        tin, tout = rec.input_tokens, rec.output_tokens
+        if type(tin) is int and type(tout) is int:
+            s.tokens = (tin, tout)  # the usual case: one cached block for the five token attributes
+        else:
+            usage(a, rec)
         if rec.ttft_s is not None:
             a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
         if rec.cohort_confidence is not None:

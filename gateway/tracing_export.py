@@ -55,7 +55,7 @@ class SpanData:
     and its attributes are encoded, only the first time the encoder sees `key`."""
 
     __slots__ = ("trace_id", "span_id", "parent_id", "name", "kind", "start", "end", "attrs", "events", "links",
-                 "status", "build", "fixed")
+                 "status", "build", "fixed", "tokens")
 
     def __init__(self, trace_id: int, span_id: int, parent_id: int, name: str, kind: int, start: int, end: int,
                  build: Callable[[SpanData], None] | None = None) -> None:
@@ -69,6 +69,8 @@ class SpanData:
         self.build = build
         # (key, make): attributes that repeat across spans; encoded once per distinct key
         self.fixed: tuple[Any, Callable[[], dict[str, Any]]] | None = None
+        # (input, output) token counts: their five attributes are encoded as one cached block
+        self.tokens: tuple[int, int] | None = None
 
 
 # ------------------------------------------------------------------ protobuf wire format
@@ -130,6 +132,8 @@ class Encoder:
         self._keys: dict[str, bytes] = {}
         self._ints: dict[str, tuple[bytes, bytes]] = {}
         self._fixed: dict[Any, bytes] = {}
+        self._heads: dict[tuple[str, int], bytes] = {}  # (name, kind) -> encoded name + kind fields
+        self._tokens: dict[tuple[int, int], bytes] = {}
         res = b"".join(_kv(1, k, v) for k, v in resource.items())
         self._resource = _ld(1, res)  # ResourceSpans.resource
         self._scope = _ld(1, _ld(1, scope.encode()) + _ld(2, version.encode()))  # ScopeSpans.scope
@@ -177,12 +181,16 @@ class Encoder:
 
     def span(self, s: SpanData) -> bytes:
         # trace_id 1, span_id 2, parent_span_id 4, name 5, kind 6, start 7 and end 8 (fixed64)
-        name = s.name.encode("utf-8", "replace")
+        head = self._heads.get((s.name, s.kind))
+        if head is None:
+            if len(self._heads) >= _CACHE_MAX:
+                self._heads.clear()
+            name = s.name.encode("utf-8", "replace")
+            head = self._heads[(s.name, s.kind)] = b"\x2a" + _len(len(name)) + name + b"\x30" + _SMALL[s.kind]
         b = [b"\x0a\x10", s.trace_id.to_bytes(16, "big"), b"\x12\x08", s.span_id.to_bytes(8, "big")]
         if s.parent_id:
             b += (b"\x22\x08", s.parent_id.to_bytes(8, "big"))
-        b += (b"\x2a", _len(len(name)), name, b"\x30", _SMALL[s.kind], b"\x39", _pack_u64(s.start),
-              b"\x41", _pack_u64(s.end))
+        b += (head, b"\x39", _pack_u64(s.start), b"\x41", _pack_u64(s.end))
         if s.fixed is not None:
             key, make = s.fixed
             fb = self._fixed.get(key)
@@ -193,6 +201,17 @@ class Encoder:
             b.append(fb)
         if s.attrs:
             b.append(self._attrs(s.attrs))
+        if s.tokens is not None:
+            tb = self._tokens.get(s.tokens)
+            if tb is None:
+                if len(self._tokens) >= _CACHE_MAX:
+                    self._tokens.clear()
+                tin, tout = s.tokens
+                tb = self._tokens[s.tokens] = self._attrs({
+                    "gen_ai.usage.input_tokens": tin, "llm.token_count.prompt": tin,
+                    "gen_ai.usage.output_tokens": tout, "llm.token_count.completion": tout,
+                    "llm.token_count.total": tin + tout})
+            b.append(tb)
         for ev_name, t, attrs in s.events:  # Event: time 1 (fixed64), name 2, attributes 3
             b.append(_ld(11, b"\x09" + _pack_u64(t) + _ld(2, ev_name.encode())
                          + b"".join(_kv(3, k, v) for k, v in attrs.items() if v is not None)))
