@@ -5,6 +5,7 @@
 #   cohortgate-traced  every request traced and exported over OTLP/HTTP to a local sink
 #                      (benchmarks/observability_sink.py, pinned with the load generator on CPU0),
 #                      and /metrics scraped every second (15x Prometheus' default rate)
+#   cohortgate-traced-10pct  the same with 10% head sampling (parentbased_traceidratio 0.1)
 # The "xcohortgate" columns are the traced/plain ratios (target: within 10%). On a machine shared
 # with other load, benchmarks/observability_ab.py (both gateways up at once, load alternating in
 # short slices) gives steadier CPU-per-request ratios.
@@ -35,11 +36,14 @@ POLICY="sed -e 's#@UPSTREAM@#{upstream_v1}#' -e 's#@KEYHASH@#$KEYHASH#' $TMPL > 
 SERVE="$GW serve --policy {workdir}/policy.yaml --host 127.0.0.1 --port {port} --log-level WARNING"
 SCRAPE="{ (while sleep 1; do curl -s -o /dev/null http://127.0.0.1:{port}/metrics; done) & }"
 OTEL="OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$SINK_PORT OTEL_SERVICE_NAME=cohortgate-bench"
+SAMPLED="OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1"
 "$BENCH/gateway_bench.py" --peers none \
   --target "$POLICY && exec env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT $SERVE" \
   --target-name cohortgate \
   --target "$POLICY && $SCRAPE && exec env $OTEL $SERVE" \
   --target-name cohortgate-traced \
+  --target "$POLICY && $SCRAPE && exec env $OTEL $SAMPLED $SERVE" \
+  --target-name cohortgate-traced-10pct \
   --ref cohortgate --out "$OUT" "$@"
 kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true
 trap - EXIT
