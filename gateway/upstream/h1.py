@@ -258,7 +258,8 @@ class H1Pool:
     def _head(self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None) -> bytes:
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
         length = f"content-length: {len(body)}\r\n" if body is not None else ""
-        return f"{method} {path} HTTP/1.1\r\n{self._fixed}{extra}{length}\r\n".encode("latin-1")
+        # "replace": a non-latin-1 character (a caller's tracestate, say) must not become a 500
+        return f"{method} {path} HTTP/1.1\r\n{self._fixed}{extra}{length}\r\n".encode("latin-1", "replace")
 
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes | None, read_timeout: float,
                         deadline: float) -> H1Response:
