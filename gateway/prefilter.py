@@ -10,15 +10,13 @@ With IGNORECASE the literals come back lower-cased, to be searched in lower-case
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any
 
-try:  # Python 3.11+: the parser moved under re; sre_parse remains as a deprecated alias
-    from re import _constants as C  # type: ignore[attr-defined]
-    from re import _parser as P  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-    import sre_constants as C  # type: ignore[no-redef]
-    import sre_parse as P  # type: ignore[no-redef]
+# re's own parser (Python 3.11+ keeps it in re._parser; typeshed does not describe it)
+P: Any = importlib.import_module("re._parser")
+C: Any = importlib.import_module("re._constants")
 
 
 def required_literals(rx: re.Pattern[str]) -> tuple[tuple[str, ...], bool] | None:
