@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from merge import card, provenance
-from merge.methods.base import Method
+from merge.methods.base import WHOLE_SELECT, Method
 from merge.plan import Plan
 from merge.st_io import ST_DTYPES
 from merge.writer import AtomicDir, ShardedWriter, TensorSlot, check_destination, plan_layout
@@ -46,8 +46,9 @@ def estimate_peak(plan: Plan, workers: int) -> int:
         # fp32 inputs + raw reads + deltas/masks/temporaries of the combination step
         need = elems * (4 * n_in + 2 * n_in + 4 * (n_in + 6))
         if type(tp.method).stats is not Method.stats:
-            # magnitude selection keeps |δ| of tensors up to 2^20 elements, plus its buffers
-            need += (min(n, 1 << 20) * 4 + (n // 20) * 4) * (n_in - 1)
+            # magnitude selection copies |δ| of tensors up to WHOLE_SELECT elements (pooled
+            # buffers, at most two workers at once), else keeps a bracket of ~5%
+            need += (min(n, WHOLE_SELECT) * 4 + (n // 20) * 4) * (n_in - 1)
         worst = max(worst, need)
     return RUNTIME_BASE_BYTES + workers * worst
 
