@@ -24,7 +24,6 @@ from merge.methods._deltas import combine
 from merge.methods.base import Chunks, Job, Method, Param, kth_largest_many, one_chunk
 from merge.methods.task_arithmetic import GTA_SHARED
 
-
 SELECT_BLOCK = 1 << 16
 
 

@@ -159,7 +159,7 @@ def test_kth_largest_streaming_path_when_select_buffers_are_busy() -> None:
             x = rnd(n).abs()
             srt = x.sort(descending=True).values
             for k in {1, n // 3 or 1, n}:
-                assert kth_largest(lambda: iter([x[: n // 2], x[n // 2 :]]), n, k) == float(srt[k - 1])
+                assert kth_largest(lambda x=x, n=n: iter([x[: n // 2], x[n // 2 :]]), n, k) == float(srt[k - 1])
     finally:
         for bufs in held:
             if bufs is not None:
