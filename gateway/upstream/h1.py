@@ -98,7 +98,11 @@ class _Conn(asyncio.Protocol):
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # informational (100 Continue, 103 Early Hints): the answer follows
+            self.headers = {}
+            return
+        self.status = status
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -106,6 +110,8 @@ class _Conn(asyncio.Protocol):
         self.buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if not self.headers_done:
+            return  # the end of an informational response
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
 

@@ -322,3 +322,27 @@ def test_a_slow_reader_pauses_the_upstream(monkeypatch: pytest.MonkeyPatch) -> N
         server.close()
 
     run(main())
+
+
+def test_informational_responses_are_skipped() -> None:
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, Any]) -> None:
+        while await read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(ok())
+            await writer.drain()
+
+    async def main() -> None:
+        stats: dict[str, Any] = {}
+        server, port = await serve(early_hints, stats)
+        p = pool(port)
+        for _ in range(2):
+            r = await p.request("POST", "/x", b"{}")
+            assert r.status == 200 and "link" not in r.headers
+            assert await r.read() == b'{"ok":true}'
+        assert stats["connections"] == 1
+        await p.close()
+        server.close()
+
+    run(main())
