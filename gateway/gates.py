@@ -31,6 +31,8 @@ def gates_for(route: Route, creq: ClientRequest) -> list[tuple[str, float]]:
         return []
     body = creq.body
     if route.eval_gates is None:
+        if "tools" not in body and "response_format" not in body:
+            return []  # the common case, without building the applicable list
         return [(name, 1.0) for name in applicable(body)]
     kinds = set(applicable(body))
     out: list[tuple[str, float]] = []
@@ -69,9 +71,6 @@ def run_gates(gates: list[tuple[str, float]], body: dict[str, Any], data: dict[s
 class Gates:
     def check(self, rt: Any, plan: Any, creq: ClientRequest, rec: RequestRecord, client: UpstreamClient,
               resp: UpstreamResponse) -> None:
-        body = creq.body
-        if plan.route.eval_gates is None and "tools" not in body and "response_format" not in body:
-            return  # the common case: no gate configured and none applicable by default
         gates = gates_for(plan.route, creq)
         if not gates:
             return

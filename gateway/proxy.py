@@ -82,10 +82,9 @@ def _ascii(s: str) -> str:
 async def handle(state: AppState, request: web.Request, path: str, operation: str) -> web.StreamResponse:
     rec = RequestRecord(new_request_id(request), operation=operation)
     rt = state.runtime  # one snapshot for the whole request, even if a reload swaps it meanwhile
-    tracing = state.tracing
     # traced: this request's spans are recorded (tracing on and sampled); an unsampled request
     # only passes its traceparent on
-    traced = tracing is not None and state.begin(rec, request.headers)
+    traced = state.begin(rec, request.headers)
     try:
         caller = rt.auth.authenticate(request.headers)
         rec.key_name = caller.name
@@ -96,16 +95,15 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         rec.stream = creq.stream
         if traced:
             if rt.policy.telemetry.record_content:
-                tracing.record_content(rec, body)  # opted in by the policy: the prompt goes on the span
+                state.tracing.record_content(rec, body)  # opted in by the policy: the prompt goes on the span
             rec.request_params = {k: body[k] for k in _PARAMS if k in body}
         decision = rt.classifier.classify(creq)
         rec.cohort, rec.cohort_reason, rec.cohort_confidence = decision.cohort, decision.reason, decision.confidence
-        if caller.cohorts is not None and decision.cohort not in caller.cohorts:
+        if not caller.may_use_cohort(decision.cohort):
             raise Forbidden(f"Your API key may not send '{decision.cohort}' requests.", code="cohort_not_allowed")
         plan = rt.routes.plan(decision.cohort, creq.alias, creq)
         rec.route_id = plan.route.id
-        if plan.route.mirror is not None:
-            state.before_attempts(rt, plan, creq, rec)
+        state.before_attempts(rt, plan, creq, rec)
         if creq.stream:
             return await _stream(state, rt, request, plan, creq, rec, traced)
         resp = await _complete(state, rt, plan, creq, rec, traced)
@@ -142,8 +140,7 @@ def _error_response(rec: RequestRecord, err: GatewayError, debug: bool) -> web.R
 
 def _upstream_headers(rec: RequestRecord, state: AppState) -> dict[str, str]:
     h = {"x-request-id": rec.request_id}
-    if state.tracing is not None:
-        state.inject_trace(h)
+    state.inject_trace(h)
     return h
 
 
@@ -154,13 +151,7 @@ async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientReques
 
     async def attempt(client: UpstreamClient, a: Attempt) -> UpstreamResponse:
         body = {**creq.body, "model": client.spec.model}
-        if not traced:  # no span: skip the context manager on the hot path
-            resp = await client.complete(creq.path, body, headers)
-            _take_usage(rec, resp.data)
-            if gates is not None:
-                gates.check(rt, plan, creq, rec, client, resp)
-            return resp
-        with state.attempt_span(rec, client, a):
+        with state.attempt_span(rec, client, a, traced):
             resp = await client.complete(creq.path, body, headers)
             _take_usage(rec, resp.data)
             if gates is not None:
@@ -203,9 +194,7 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
     body, injected = with_usage(creq.body)
 
     async def attempt(client: UpstreamClient, a: Attempt) -> tuple[Any, Any, bytes]:
-        if not traced:
-            return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
-        with state.attempt_span(rec, client, a):
+        with state.attempt_span(rec, client, a, traced):
             return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
 
     stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)

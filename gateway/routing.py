@@ -28,46 +28,36 @@ class Plan:
 
 
 class CompiledRoute:
-    __slots__ = ("route", "_cum", "_total", "_targets", "_fallback", "_chains", "_plans", "sticky")
+    __slots__ = ("route", "sticky", "_cum", "_total", "_plans")
 
     def __init__(self, route: Route) -> None:
         self.route = route
-        self._targets = [t for t in route.targets if t.weight > 0]
+        self.sticky = route.sticky
+        targets = [t for t in route.targets if t.weight > 0]
         cum = 0.0
         self._cum: list[float] = []
-        for t in self._targets:
+        for t in targets:
             cum += t.weight
             self._cum.append(cum)
         self._total = cum
-        self._fallback = tuple(route.fallback)
-        # the chain for each target is fixed: precompute it
-        self._chains = {
-            t.upstream: (t.upstream,) + tuple(f for f in dict.fromkeys(self._fallback) if f != t.upstream)
-            for t in self._targets
-        }
-        self.sticky = route.sticky
-        # without a sticky key a plan depends only on the target: build each once (treat as read-only)
-        self._plans = [Plan(route, t, self._chains[t.upstream], None) for t in self._targets]
+        fallback = tuple(dict.fromkeys(route.fallback))
+        # A plan without a sticky key depends only on its target: one per target, built once and
+        # shared by every request (read-only).
+        self._plans = [Plan(route, t, (t.upstream,) + tuple(f for f in fallback if f != t.upstream), None)
+                       for t in targets]
 
-    def pick_plan(self) -> Plan:
-        if len(self._plans) == 1:
-            return self._plans[0]
-        i = bisect.bisect_right(self._cum, random.random() * self._total)
-        return self._plans[min(i, len(self._plans) - 1)]
-
-    def pick(self, sticky_key: str | None) -> Target:
-        if len(self._targets) == 1:
-            return self._targets[0]
-        if sticky_key is not None:
-            h = hashlib.blake2b(f"{self.route.id}\0{sticky_key}".encode(), digest_size=8).digest()
-            x = int.from_bytes(h, "big") / 2**64 * self._total
+    def plan(self, sticky_key: str | None) -> Plan:
+        plans = self._plans
+        if len(plans) == 1:
+            p = plans[0]
         else:
-            x = random.random() * self._total
-        i = bisect.bisect_right(self._cum, x)
-        return self._targets[min(i, len(self._targets) - 1)]
-
-    def chain_for(self, target: Target) -> tuple[str, ...]:
-        return self._chains[target.upstream]
+            if sticky_key is not None:
+                h = hashlib.blake2b(f"{self.route.id}\0{sticky_key}".encode(), digest_size=8).digest()
+                x = int.from_bytes(h, "big") / 2**64 * self._total
+            else:
+                x = random.random() * self._total
+            p = plans[min(bisect.bisect_right(self._cum, x), len(plans) - 1)]
+        return p if sticky_key is None else Plan(p.route, p.chosen, p.chain, sticky_key)
 
 
 class RouteTable:
@@ -89,16 +79,9 @@ class RouteTable:
                         self._table[(c, a)] = compiled[r.id]
                         break
 
-    def lookup(self, cohort: str, alias: str) -> CompiledRoute:
-        return self._table[(cohort, alias)]
-
     def plan(self, cohort: str, alias: str, req: ClientRequest | None) -> Plan:
         cr = self._table[(cohort, alias)]
-        if cr.sticky is None:
-            return cr.pick_plan()
-        key = sticky_key(cr.route, req) if req is not None else None
-        target = cr.pick(key)
-        return Plan(cr.route, target, cr.chain_for(target), key)
+        return cr.plan(sticky_key(cr.route, req) if cr.sticky is not None and req is not None else None)
 
 
 def sticky_key(route: Route, req: ClientRequest) -> str | None:

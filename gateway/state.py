@@ -51,8 +51,10 @@ class AppState:
         if self.mirror is not None and plan.route.mirror is not None:
             self.mirror.maybe_mirror(rt, plan, creq, rec)
 
-    def attempt_span(self, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> AbstractContextManager[Any]:
-        if self.tracing is None:
+    def attempt_span(self, rec: RequestRecord, client: UpstreamClient, a: Attempt,
+                     traced: bool) -> AbstractContextManager[Any]:
+        """The attempt's CLIENT span when the request is traced (see `begin`), else a no-op."""
+        if not traced or self.tracing is None:
             return _NULL
         return self.tracing.attempt_span(rec, client, a)  # type: ignore[no-any-return]
 
