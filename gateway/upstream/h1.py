@@ -46,7 +46,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.exc: GatewayError | None = None
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[bool | None] | None = None
         self.pooled = False  # counted in pool.open (set once connected)
         self._reset()
 
@@ -137,22 +137,29 @@ class _Conn(asyncio.Protocol):
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def wait(self, read_timeout: float, deadline: float) -> None:
-        """Wait for the next data, end or failure; raises UpstreamTimeout."""
-        fut = self.loop.create_future()
+        """Wait for the next data, end or failure; on a timeout close and raise UpstreamTimeout."""
+        fut: asyncio.Future[bool | None] = self.loop.create_future()
         self.waiter = fut
         read_at = self.loop.time() + read_timeout
         total = deadline <= read_at
         handle = self.loop.call_at(deadline if total else read_at, _expire, fut, total)
         try:
-            await fut
+            timed_out = await fut  # None: progress; True/False: the total/read timer fired
         finally:
             handle.cancel()
             self.waiter = None
+        if timed_out is None:
+            return
+        self.close()
+        if timed_out:
+            raise UpstreamTimeout(f"upstream {self.pool.name}: total timeout exceeded", code="upstream_total_timeout")
+        raise UpstreamTimeout(f"upstream {self.pool.name}: no data within the first-byte timeout",
+                              code="upstream_read_timeout")
 
 
-def _expire(fut: asyncio.Future[None], total: bool) -> None:
+def _expire(fut: asyncio.Future[bool | None], total: bool) -> None:
     if not fut.done():
-        fut.set_exception(TimeoutError("total" if total else "read"))
+        fut.set_result(total)
 
 
 class H1Response:
@@ -174,7 +181,7 @@ class H1Response:
             while not c.complete:
                 if c.exc is not None:
                     raise c.exc
-                await _wait(c, self._read_timeout, self._deadline)
+                await c.wait(self._read_timeout, self._deadline)
             return c.take()
         finally:
             self.release()
@@ -190,7 +197,7 @@ class H1Response:
                 elif c.exc is not None:
                     raise c.exc
                 else:
-                    await _wait(c, self._read_timeout, self._deadline)
+                    await c.wait(self._read_timeout, self._deadline)
         finally:
             self.release()
 
@@ -201,18 +208,6 @@ class H1Response:
         self._released = True
         c = self._conn
         c.pool.release(c, reuse=c.complete and c.keep_alive and not c.chunks and c.exc is None)
-
-
-async def _wait(c: _Conn, read_timeout: float, deadline: float) -> None:
-    try:
-        await c.wait(read_timeout, deadline)
-    except TimeoutError as exc:
-        c.close()
-        if str(exc) == "total":
-            raise UpstreamTimeout(f"upstream {c.pool.name}: total timeout exceeded",
-                                  code="upstream_total_timeout") from None
-        raise UpstreamTimeout(f"upstream {c.pool.name}: no data within the first-byte timeout",
-                              code="upstream_read_timeout") from None
 
 
 class H1Pool:
@@ -275,7 +270,7 @@ class H1Pool:
             while not conn.headers_done:
                 if conn.exc is not None:
                     raise conn.exc
-                await _wait(conn, read_timeout, deadline)
+                await conn.wait(read_timeout, deadline)
         except BaseException:
             self.release(conn, reuse=False)
             raise
