@@ -5,7 +5,8 @@ timeouts, cut and malformed answers, back-pressure, and cancellation without lea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -56,6 +57,18 @@ async def serve(handler: Handler, stats: dict[str, Any]) -> tuple[asyncio.Abstra
     return server, server.sockets[0].getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def served(handler: Handler, stats: dict[str, Any], **pool_kw: Any) -> AsyncIterator[H1Pool]:
+    """A scripted server and a pool to it; both closed at the end, also when an assertion fails."""
+    server, port = await serve(handler, stats)
+    p = pool(port, **pool_kw)
+    try:
+        yield p
+    finally:
+        await p.close()
+        server.close()
+
+
 def pool(port: int, **kw: Any) -> H1Pool:
     args: dict[str, Any] = {"limit": 8, "connect_timeout": 1.0, "read_timeout": 2.0, "total_timeout": 5.0, **kw}
     return H1Pool("up", f"http://127.0.0.1:{port}/v1", args["limit"], args["connect_timeout"], args["read_timeout"],
@@ -77,19 +90,16 @@ def run(coro: Awaitable[Any]) -> Any:
 def test_keep_alive_reuses_one_connection_and_sends_a_well_formed_request() -> None:
     async def main() -> None:
         stats: dict[str, Any] = {}
-        server, port = await serve(echo_keepalive, stats)
-        p = pool(port)
-        for _ in range(5):
-            r = await p.request("POST", "/v1/chat/completions", b'{"a":1}', {"x-request-id": "r1"})
-            assert r.status == 200 and r.headers["content-type"] == "application/json"
-            assert await r.read() == b'{"ok":true}'
-        assert stats["connections"] == 1
-        head = stats["requests"][0].decode()
-        assert head.startswith("POST /v1/chat/completions HTTP/1.1\r\n")
-        assert f"host: 127.0.0.1:{port}\r\n" in head and "x-request-id: r1\r\n" in head
-        assert head.endswith('content-length: 7\r\n\r\n{"a":1}')
-        await p.close()
-        server.close()
+        async with served(echo_keepalive, stats) as p:
+            for _ in range(5):
+                r = await p.request("POST", "/v1/chat/completions", b'{"a":1}', {"x-request-id": "r1"})
+                assert r.status == 200 and r.headers["content-type"] == "application/json"
+                assert await r.read() == b'{"ok":true}'
+            assert stats["connections"] == 1
+            head = stats["requests"][0].decode()
+            assert head.startswith("POST /v1/chat/completions HTTP/1.1\r\n")
+            assert f"host: 127.0.0.1:{p.port}\r\n" in head and "x-request-id: r1\r\n" in head
+            assert head.endswith('content-length: 7\r\n\r\n{"a":1}')
 
     run(main())
 
@@ -106,16 +116,13 @@ def test_chunked_body_is_decoded_read_whole_and_streamed() -> None:
 
     async def main() -> None:
         stats: dict[str, Any] = {}
-        server, port = await serve(chunked, stats)
-        p = pool(port)
-        r = await p.request("POST", "/x", b"{}")
-        assert await r.read() == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n"
-        r = await p.request("POST", "/x", b"{}")
-        chunks = [c async for c in r]
-        assert b"".join(chunks) == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n" and len(chunks) >= 2
-        assert stats["connections"] == 1  # reused after a chunked answer read to its end
-        await p.close()
-        server.close()
+        async with served(chunked, stats) as p:
+            r = await p.request("POST", "/x", b"{}")
+            assert await r.read() == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n"
+            r = await p.request("POST", "/x", b"{}")
+            chunks = [c async for c in r]
+            assert b"".join(chunks) == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n" and len(chunks) >= 2
+            assert stats["connections"] == 1  # reused after a chunked answer read to its end
 
     run(main())
 
@@ -128,15 +135,12 @@ def test_connection_close_is_not_reused() -> None:
 
     async def main() -> None:
         stats: dict[str, Any] = {}
-        server, port = await serve(closing, stats)
-        p = pool(port)
-        for _ in range(3):
-            assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
-        assert stats["connections"] == 3
-        await asyncio.sleep(0.05)
-        assert p.open == 0 and not p.idle
-        await p.close()
-        server.close()
+        async with served(closing, stats) as p:
+            for _ in range(3):
+                assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
+            assert stats["connections"] == 3
+            await asyncio.sleep(0.05)
+            assert p.open == 0 and not p.idle
 
     run(main())
 
@@ -153,16 +157,13 @@ def test_keep_alive_race_is_retried_once_on_a_fresh_connection() -> None:
 
     async def main() -> None:
         stats: dict[str, Any] = {}
-        server, port = await serve(one_shot, stats)
-        p = pool(port)
-        assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
-        await asyncio.sleep(0.02)  # the close is still in flight when we send again
-        assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
-        await asyncio.sleep(0.2)
-        assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
-        assert stats["connections"] == 3
-        await p.close()
-        server.close()
+        async with served(one_shot, stats) as p:
+            assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
+            await asyncio.sleep(0.02)  # the close is still in flight when we send again
+            assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
+            await asyncio.sleep(0.2)
+            assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
+            assert stats["connections"] == 3
 
     run(main())
 
@@ -170,17 +171,14 @@ def test_keep_alive_race_is_retried_once_on_a_fresh_connection() -> None:
 def test_pool_limit_queues_callers_and_every_request_is_answered() -> None:
     async def main() -> None:
         stats: dict[str, Any] = {"delay": 0.05}
-        server, port = await serve(echo_keepalive, stats)
-        p = pool(port, limit=2)
+        async with served(echo_keepalive, stats, limit=2) as p:
 
-        async def one() -> bytes:
-            return await (await p.request("POST", "/x", b"{}")).read()
+            async def one() -> bytes:
+                return await (await p.request("POST", "/x", b"{}")).read()
 
-        bodies = await asyncio.gather(*(one() for _ in range(12)))
-        assert bodies == [b'{"ok":true}'] * 12
-        assert stats["max_open"] <= 2 and p.open <= 2
-        await p.close()
-        server.close()
+            bodies = await asyncio.gather(*(one() for _ in range(12)))
+            assert bodies == [b'{"ok":true}'] * 12
+            assert stats["max_open"] <= 2 and p.open <= 2
 
     run(main())
 
@@ -188,16 +186,13 @@ def test_pool_limit_queues_callers_and_every_request_is_answered() -> None:
 def test_waiting_for_a_full_pool_respects_the_total_timeout() -> None:
     async def main() -> None:
         stats: dict[str, Any] = {"delay": 1.0}
-        server, port = await serve(echo_keepalive, stats)
-        p = pool(port, limit=1, total_timeout=0.3)
-        first = asyncio.ensure_future(p.request("POST", "/x", b"{}", total_timeout=5.0))
-        await asyncio.sleep(0.05)
-        with pytest.raises(UpstreamTimeout) as e:
-            await p.request("POST", "/x", b"{}")
-        assert e.value.code == "upstream_total_timeout" and "max_connections" in e.value.message
-        assert await (await first).read() == b'{"ok":true}'
-        await p.close()
-        server.close()
+        async with served(echo_keepalive, stats, limit=1, total_timeout=0.3) as p:
+            first = asyncio.ensure_future(p.request("POST", "/x", b"{}", total_timeout=5.0))
+            await asyncio.sleep(0.05)
+            with pytest.raises(UpstreamTimeout) as e:
+                await p.request("POST", "/x", b"{}")
+            assert e.value.code == "upstream_total_timeout" and "max_connections" in e.value.message
+            assert await (await first).read() == b'{"ok":true}'
 
     run(main())
 
@@ -205,21 +200,18 @@ def test_waiting_for_a_full_pool_respects_the_total_timeout() -> None:
 def test_cancelled_waiter_does_not_leak_the_connection() -> None:
     async def main() -> None:
         stats: dict[str, Any] = {"delay": 0.1}
-        server, port = await serve(echo_keepalive, stats)
-        p = pool(port, limit=1)
-        first = asyncio.ensure_future(p.request("POST", "/x", b"{}"))
-        await asyncio.sleep(0.02)
-        waiter = asyncio.ensure_future(p.request("POST", "/x", b"{}"))
-        await asyncio.sleep(0.02)
-        waiter.cancel()
-        await (await first).read()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
-        # the only connection is free again: a new request gets it
-        assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
-        assert p.open == 1 and stats["connections"] == 1
-        await p.close()
-        server.close()
+        async with served(echo_keepalive, stats, limit=1) as p:
+            first = asyncio.ensure_future(p.request("POST", "/x", b"{}"))
+            await asyncio.sleep(0.02)
+            waiter = asyncio.ensure_future(p.request("POST", "/x", b"{}"))
+            await asyncio.sleep(0.02)
+            waiter.cancel()
+            await (await first).read()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            # the only connection is free again: a new request gets it
+            assert await (await p.request("POST", "/x", b"{}")).read() == b'{"ok":true}'
+            assert p.open == 1 and stats["connections"] == 1
 
     run(main())
 
@@ -238,23 +230,17 @@ def test_read_and_total_timeouts() -> None:
             await asyncio.sleep(0.05)
 
     async def main() -> None:
-        server, port = await serve(silent, {})
-        p = pool(port, read_timeout=0.2)
-        with pytest.raises(UpstreamTimeout) as e:
-            await p.request("POST", "/x", b"{}")
-        assert e.value.code == "upstream_read_timeout"
-        await p.close()
-        server.close()
-        server, port = await serve(trickle, {})
-        p = pool(port, read_timeout=1.0, total_timeout=0.4)
-        r = await p.request("POST", "/x", b"{}")
-        got = []
-        with pytest.raises(UpstreamTimeout) as e:
-            async for c in r:
-                got.append(c)
-        assert e.value.code == "upstream_total_timeout" and got  # data flowed, then the deadline hit
-        await p.close()
-        server.close()
+        async with served(silent, {}, read_timeout=0.2) as p:
+            with pytest.raises(UpstreamTimeout) as e:
+                await p.request("POST", "/x", b"{}")
+            assert e.value.code == "upstream_read_timeout"
+        async with served(trickle, {}, read_timeout=1.0, total_timeout=0.4) as p:
+            r = await p.request("POST", "/x", b"{}")
+            got = []
+            with pytest.raises(UpstreamTimeout) as e:
+                async for c in r:
+                    got.append(c)
+            assert e.value.code == "upstream_total_timeout" and got  # data flowed, then the deadline hit
 
     run(main())
 
@@ -272,20 +258,14 @@ def test_cut_and_malformed_answers_and_refused_connections() -> None:
         await asyncio.sleep(0.5)
 
     async def main() -> None:
-        server, port = await serve(cut, {})
-        p = pool(port)
-        r = await p.request("POST", "/x", b"{}")
-        with pytest.raises(UpstreamUnavailable, match="mid-response"):
-            await r.read()
-        await p.close()
-        server.close()
-        server, port = await serve(garbage, {})
-        p = pool(port)
-        with pytest.raises(UpstreamBadResponse, match="malformed HTTP"):
-            await p.request("POST", "/x", b"{}")
-        await p.close()
-        server.close()
-        p = pool(port)  # nothing listens there any more
+        async with served(cut, {}) as p:
+            r = await p.request("POST", "/x", b"{}")
+            with pytest.raises(UpstreamUnavailable, match="mid-response"):
+                await r.read()
+        async with served(garbage, {}) as p:
+            with pytest.raises(UpstreamBadResponse, match="malformed HTTP"):
+                await p.request("POST", "/x", b"{}")
+        p = pool(p.port)  # nothing listens there any more (the server above is closed)
         with pytest.raises(UpstreamUnavailable, match="connection failed"):
             await p.request("POST", "/x", b"{}")
         assert p.open == 0
@@ -305,21 +285,18 @@ def test_a_slow_reader_pauses_the_upstream(monkeypatch: pytest.MonkeyPatch) -> N
         await read_request(reader)  # keep the connection open (until the client closes it)
 
     async def main() -> None:
-        server, port = await serve(flood, {})
-        p = pool(port)
-        r = await p.request("POST", "/x", b"{}")
-        conn = r._conn
-        total = 0
-        peak = 0
-        async for chunk in r:
-            total += len(chunk)
-            peak = max(peak, len(chunk))
-            await asyncio.sleep(0.002)
-        assert total == len(big)
-        assert peak < 2 << 20  # never the whole 4 MiB buffered ahead of the reader
-        assert conn.closed is False and p.idle == [conn]  # read to the end: kept alive
-        await p.close()
-        server.close()
+        async with served(flood, {}) as p:
+            r = await p.request("POST", "/x", b"{}")
+            conn = r._conn
+            total = 0
+            peak = 0
+            async for chunk in r:
+                total += len(chunk)
+                peak = max(peak, len(chunk))
+                await asyncio.sleep(0.002)
+            assert total == len(big)
+            assert peak < 2 << 20  # never the whole 4 MiB buffered ahead of the reader
+            assert conn.closed is False and p.idle == [conn]  # read to the end: kept alive
 
     run(main())
 
@@ -335,14 +312,11 @@ def test_informational_responses_are_skipped() -> None:
 
     async def main() -> None:
         stats: dict[str, Any] = {}
-        server, port = await serve(early_hints, stats)
-        p = pool(port)
-        for _ in range(2):
-            r = await p.request("POST", "/x", b"{}")
-            assert r.status == 200 and "link" not in r.headers
-            assert await r.read() == b'{"ok":true}'
-        assert stats["connections"] == 1
-        await p.close()
-        server.close()
+        async with served(early_hints, stats) as p:
+            for _ in range(2):
+                r = await p.request("POST", "/x", b"{}")
+                assert r.status == 200 and "link" not in r.headers
+                assert await r.read() == b'{"ok":true}'
+            assert stats["connections"] == 1
 
     run(main())
