@@ -213,26 +213,21 @@ class Tracing:
         if req is None or req.rec is not rec:
             log.warning("tracing: finish() for request %s without its begin() context", rec.request_id)
             return
-        if not req.sampled:  # nothing recorded: leave the context and go
-            try:
-                _CUR.reset(req.token)
-            except ValueError:
-                pass
-            return
-        output = getattr(rec, "output", None)  # the proxy keeps the answer for mirrored requests
-        if output is not None and req.sampled and (req.content is None or "gen_ai.output.messages" not in req.content):
-            self.record_content(rec, None, output)
+        if req.sampled:
+            output = getattr(rec, "output", None)  # the proxy keeps the answer for mirrored requests
+            if output is not None and (req.content is None or "gen_ai.output.messages" not in req.content):
+                self.record_content(rec, None, output)  # needs the context: before the reset
         try:
             _CUR.reset(req.token)
         except ValueError:  # not the context begin() ran in: leave the variable, it dies with the task
             pass
+        if not req.sampled:  # nothing recorded (and no attempt span was opened)
+            return
         end = time.time_ns()
         if req.open_attempt is not None:
             data, att = req.open_attempt
             data.end = end
             att.done(data, None)
-        if not req.sampled:
-            return
         span = SpanData(req.trace_id, req.span_id, req.parent_id, "", SERVER, req.start, end, RootBuild(rec, req))
         self.exporter.submit(span)
 
