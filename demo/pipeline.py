@@ -48,7 +48,7 @@ class Options:
     workdir: Path
     rows_per_cohort: int | None
     max_tokens: int
-    concurrency: int = 16
+    concurrency: int
 
 
 class DemoError(RuntimeError):
