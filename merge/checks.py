@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from merge.errors import IncompatibleError
 from merge.tokenizer import union_vocab, vocab
 
 if TYPE_CHECKING:
     from merge.plan import Plan
+    from merge.sources import Source
 
 SHAPE_FIELDS = ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                 "tie_word_embeddings", "num_hidden_layers", "n_embd", "n_head", "n_layer"]
@@ -138,19 +141,31 @@ def check_lineage(plan: Plan) -> None:
     probe = _probe_tensor(plan)
     if probe is None:
         return
-    b = base.files.read(probe).float()
-    nb = float(b.norm())
+    b = _read_f64(base, probe)
+    nb = float(np.linalg.norm(b))
     if nb == 0:
         return
     for i, s in enumerate(plan.sources):
-        if i == plan.base or probe not in s.files.tensors or s.files.tensors[probe].shape != b.shape:
+        if i == plan.base or probe not in s.files.tensors or s.files.tensors[probe].shape != \
+                base.files.tensors[probe].shape:
             continue
-        rel = float((s.files.read(probe).float() - b).norm()) / nb
+        rel = float(np.linalg.norm(_read_f64(s, probe) - b)) / nb
         if rel > LINEAGE_LIMIT:
             raise IncompatibleError(
                 f"{s.label} does not look like a fine-tune of base {base.label}: ‖θ − θ_base‖/‖θ_base‖ = {rel:.2f} "
                 f"on {probe} (> {LINEAGE_LIMIT}; unrelated initialisations give ≈1.4)",
                 override="--allow-unrelated-base")
+
+
+def _read_f64(src: Source, name: str) -> np.ndarray:
+    """A whole tensor as float64 values, read without torch (a plan must not import it)."""
+    from merge.npfloat import bf16_to_f32
+
+    info = src.files.tensors[name]
+    raw = src.files.read_rows_np(info, 0, info.rows)
+    if info.dtype == "BF16":
+        raw = bf16_to_f32(raw, np.empty(raw.size, np.float32))
+    return raw.astype(np.float64)
 
 
 def _probe_tensor(plan: Plan) -> str | None:

@@ -12,9 +12,6 @@ and computed in float32; outputs are cast to `out_dtype` (else `dtype`, else the
 
 from __future__ import annotations
 
-import gc
-import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,37 +21,23 @@ from merge.methods.base import one_chunk
 from merge.methods.passthrough import Passthrough
 from merge.plan import Plan, TensorPlan
 from merge.st_io import ST_DTYPES
+from merge.workers import Cancelled, WorkerPool
 from merge.writer import ShardedWriter
 
-READ_AHEAD_TENSORS = 3
 # elementwise methods compute in blocks of this many elements: their dozen temporaries per input
 # then stay in the L2 cache (~3x faster per op than 1 MB chunk-sized operands), while reads and
 # writes keep the larger chunk size
 COMPUTE_BLOCK = 1 << 16
 
 
-class Cancelled(Exception):
-    pass
-
-
 def _torch_dtype(code: str) -> torch.dtype:
     return getattr(torch, ST_DTYPES[code][0])  # type: ignore[no-any-return]
 
 
-class Engine:
+class Engine(WorkerPool):
     def __init__(self, plan: Plan, writer: ShardedWriter, workers: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None) -> None:
-        self.plan = plan
-        self.writer = writer
-        cpus = os.cpu_count() or 1
-        env = os.environ.get("COHORTGATE_MERGE_WORKERS")
-        self.workers = workers or (int(env) if env else max(1, min(4, cpus + 1)))
-        _tune_malloc()
-        self.on_progress = on_progress
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self._next = 0
-        self._lock = threading.Lock()
+        super().__init__(plan, writer, workers, on_progress)
         self._load = _torch_dtype_name(plan.load_dtype)
 
     # ------------------------------------------------------------------ reading
@@ -116,12 +99,6 @@ class Engine:
         return out.reshape(-1)
 
     # ------------------------------------------------------------------ compute
-    def _advise(self, index: int) -> None:
-        for tp in self.plan.tensors[index: index + READ_AHEAD_TENSORS]:
-            for ref in tp.inputs:
-                files = self.plan.sources[ref.source].files
-                files.advise(files.tensors[ref.name])
-
     def _apply_emit(self, tp: TensorPlan, xs: list[torch.Tensor], state: Any, offset: int) -> None:
         n = xs[0].numel()
         if not tp.method.elementwise or n <= COMPUTE_BLOCK:
@@ -188,98 +165,14 @@ class Engine:
         return True
 
     # ------------------------------------------------------------------ workers
-    def _worker(self) -> None:
-        try:
-            while not self.stop.is_set():
-                with self._lock:
-                    i = self._next
-                    self._next += 1
-                if i >= len(self.plan.tensors):
-                    return
-                self._advise(i + 1)
-                tp = self.plan.tensors[i]
-                self.process(tp)
-                _trim()
-                if self.on_progress:
-                    self.on_progress(1, tp.out_nbytes)
-        except Cancelled:
-            return
-        except BaseException as exc:  # reported by run()
-            with self._lock:
-                self.errors.append(exc)
-            self.stop.set()
-
     def run(self, poll: Callable[[], None] | None = None) -> None:
         prev_threads = torch.get_num_threads()
         if self.workers > 1:
             torch.set_num_threads(1)
-        # the merge makes no reference cycles worth collecting, but allocates a tensor object per
-        # operation: without this the cyclic GC re-scans torch's ~10^5 module objects (~5% CPU)
-        gc_was_enabled = gc.isenabled()
-        gc.freeze()
-        gc.disable()
-        self._advise(0)
-        threads = [threading.Thread(target=self._worker, name=f"merge-worker-{i}", daemon=True)
-                   for i in range(self.workers)]
         try:
-            for th in threads:
-                th.start()
-            while any(th.is_alive() for th in threads):
-                for th in threads:
-                    th.join(timeout=0.1)
-                if poll:
-                    poll()
-        except BaseException:
-            self.stop.set()
-            for th in threads:
-                th.join()
-            raise
+            super().run(poll)
         finally:
             torch.set_num_threads(prev_threads)
-            gc.unfreeze()
-            if gc_was_enabled:
-                gc.enable()
-        if self.errors:
-            raise self.errors[0]
-
-
-_LIBC: Any = None
-
-
-def _trim() -> None:
-    """Opt-in (COHORTGATE_MALLOC_TRIM=1): give freed arena memory back to the OS after each
-    tensor (glibc malloc_trim also releases free pages inside the heap), so RSS follows the live
-    working set. Off by default: the next tensor then page-faults and zeroes the same memory
-    again, which cost 0.5-2 CPU-s per 470M-parameter merge for 3-20 MB less peak RSS (the
-    fixed mmap threshold below already returns every large block on free)."""
-    if _LIBC is not None and _TRIM_EACH_TENSOR:
-        _LIBC.malloc_trim(0)
-
-
-_TRIM_EACH_TENSOR = os.environ.get("COHORTGATE_MALLOC_TRIM", "0") == "1"
-
-
-def _tune_malloc() -> None:
-    """Fixed glibc malloc thresholds. By default glibc raises its mmap threshold to the size of
-    the largest block freed so far (up to 32 MB) and keeps such blocks in per-thread arenas, so
-    RSS ratchets up to ~workers × the largest temporary. With a fixed threshold, chunk-sized
-    temporaries still come from (fast, reused) arena memory, and anything bigger is mmapped and
-    returned to the OS on free."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or os.environ.get("COHORTGATE_MALLOC_TUNE", "1") == "0":
-        return
-    global _LIBC
-    try:
-        libc = ctypes.CDLL(name)
-        _LIBC = libc
-        mmap_threshold = int(os.environ.get("COHORTGATE_MMAP_THRESHOLD", 8 << 20))
-        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (also disables the dynamic adjustment)
-        libc.mallopt(-1, 16 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _torch_dtype_name(name: str | None) -> torch.dtype | None:

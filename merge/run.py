@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from merge import card, provenance
 from merge.methods.base import WHOLE_SELECT, Method
 from merge.plan import Plan
 from merge.st_io import ST_DTYPES
+from merge.workers import WorkerPool
 from merge.writer import AtomicDir, ShardedWriter, TensorSlot, check_destination, plan_layout
 
 RUNTIME_BASE_BYTES = 320 << 20  # measured RSS of Python + torch + numpy before any tensor work
@@ -82,8 +84,6 @@ def _shard_files(plan: Plan) -> list[Path]:
 
 def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: list[str] | None = None,
             hash_cache: bool = True) -> dict[str, Any]:
-    from merge.engine import Engine
-
     check_destination(out, force)
     started = provenance.now()
     t0 = time.monotonic()
@@ -97,7 +97,7 @@ def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: lis
         writer = ShardedWriter(atomic.tmp, shards)
         total = plan.write_bytes()
         bar = _Progress(len(plan.tensors), total, enabled=progress)
-        engine = Engine(plan, writer, on_progress=bar.advance)
+        engine = _engine(plan, writer, bar.advance)
         with bar:
             engine.run(poll=bar.refresh)
         t_engine = time.monotonic()
@@ -126,6 +126,18 @@ def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: lis
             writer.close()
         atomic.abort()
         raise
+
+
+def _engine(plan: Plan, writer: ShardedWriter, on_progress: Callable[[int, int], None]) -> WorkerPool:
+    """The torch-free engine where it covers every tensor (set COHORTGATE_MERGE_ENGINE=torch to
+    force the torch one, e.g. to compare them), else the torch engine."""
+    from merge import np_engine
+
+    if os.environ.get("COHORTGATE_MERGE_ENGINE", "auto") != "torch" and np_engine.supports(plan):
+        return np_engine.NumpyEngine(plan, writer, on_progress=on_progress)
+    from merge.engine import Engine
+
+    return Engine(plan, writer, on_progress=on_progress)
 
 
 def _config_yaml(plan: Plan) -> str:

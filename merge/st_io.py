@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from merge.errors import ConfigError, IncompatibleError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 # safetensors dtype code -> (torch dtype name, bytes per element)
@@ -31,6 +32,10 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
     "BOOL": ("bool", 1),
 }
 TORCH_TO_ST = {v[0]: k for k, v in ST_DTYPES.items()}
+# numpy dtype names of the raw bytes (numpy has no bfloat16: its bits are read as uint16)
+NP_DTYPES: dict[str, str] = {"F32": "float32", "F16": "float16", "BF16": "uint16", "F64": "float64",
+                             "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                             "BOOL": "bool"}
 
 
 @dataclass(frozen=True)
@@ -130,14 +135,14 @@ class ModelFiles:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(self._fd(info.file), info.offset, info.nbytes, os.POSIX_FADV_WILLNEED)
 
-    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of `info` as a flat tensor of its own dtype."""
-        import torch
+    def read_rows_np(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of `info` as a flat numpy array of its dtype (BF16 as uint16 bits)."""
+        import numpy as np
 
         per_row = info.row_elems * info.itemsize
         nbytes = (stop - start) * per_row
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        view = memoryview(buf.numpy())  # type: ignore[arg-type]
+        buf = np.empty(nbytes, dtype=np.uint8)
+        view = memoryview(buf)  # type: ignore[arg-type]
         fd = self._fd(info.file)
         got = 0
         off = info.offset + start * per_row
@@ -146,7 +151,14 @@ class ModelFiles:
             if n <= 0:
                 raise ConfigError(f"{info.file}: truncated while reading {info.name}")
             got += n
-        return buf.view(getattr(torch, ST_DTYPES[info.dtype][0]))
+        return buf.view(NP_DTYPES[info.dtype])
+
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of `info` as a flat tensor of its own dtype."""
+        import torch
+
+        raw = torch.from_numpy(self.read_rows_np(info, start, stop).view("uint8"))
+        return raw.view(getattr(torch, ST_DTYPES[info.dtype][0]))
 
     def read(self, name: str) -> torch.Tensor:
         info = self.tensors[name]

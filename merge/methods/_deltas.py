@@ -15,13 +15,18 @@ divisor 0; it keeps the base value (merged = 0 there).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: the numpy engine never does
+    import torch
 
 
 def combine(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], *, consensus: bool,
             normalize: bool, lambda_: float) -> torch.Tensor:
+    import torch
+
     if not deltas:
         return base.clone()
     weighted = [d * w if w != 1 else d for d, w in zip(deltas, weights, strict=False)]

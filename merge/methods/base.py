@@ -17,12 +17,16 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-Chunks = Callable[[], Iterator[tuple[int, list[torch.Tensor]]]]
+if TYPE_CHECKING:  # torch is imported where a function needs it: the numpy engine never does
+    import torch
+
+Chunks = Callable[[], Iterator[tuple[int, list["torch.Tensor"]]]]
+# numpy twin of `Method.apply` for one block: (float32 inputs, float32 out, float32 scratch) -> out
+NpKernel = Callable[[list[np.ndarray], np.ndarray, np.ndarray], np.ndarray]
 RNG_BLOCK = 1 << 16
 # streams up to this many values are selected in memory (4 bytes each per queried stream), by
 # at most WHOLE_SELECT_SLOTS threads at once (peak RSS); the others take the streaming path.
@@ -99,6 +103,13 @@ class Method:
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def numpy_kernel(self, job: Job, kinds: list[str], load: str | None) -> NpKernel | None:
+        """A torch-free twin of `apply` for this job, byte-identical to it (the same float32
+        operations in the same order, `merge.npfloat`), used by `merge.np_engine`; None where
+        there is none. Only for elementwise methods without `stats`. `kinds`: the inputs'
+        safetensors dtypes, `load`: the config's dtype (both decide which products are exact)."""
+        return None
+
 
 def one_chunk(xs: Sequence[torch.Tensor]) -> Chunks:
     """A `Chunks` source over whole in-memory tensors (used by the pure functions)."""
@@ -173,6 +184,8 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
         finally:
             if pooled:
                 _give_select_buffers(bufs)
+    import torch
+
     m = min(1 << 14, max(1 << 10, n >> 4))
     stride = n // m
     g = torch.Generator().manual_seed(0x5EED)
@@ -240,8 +253,14 @@ def uniform(key: tuple[object, ...], offset: int, count: int) -> torch.Tensor:
     sequentially, so its first `take` numbers are those of the full block). The PCG64 draws
     themselves (~4 ns each) are most of a DARE merge's CPU time; numpy's vectorised
     `random_raw` or `integers` paths are no faster."""
-    out = torch.empty(count, dtype=torch.float32)
-    view = out.numpy()
+    import torch
+
+    return torch.from_numpy(uniform_np(key, offset, count))
+
+
+def uniform_np(key: tuple[object, ...], offset: int, count: int) -> np.ndarray:
+    """`uniform` as a numpy array (the torch-free engine's twin; the same numbers)."""
+    view = np.empty(count, dtype=np.float32)
     pos = 0
     while pos < count:
         el = offset + pos
@@ -253,4 +272,4 @@ def uniform(key: tuple[object, ...], offset: int, count: int) -> torch.Tensor:
         else:
             view[pos : pos + take] = gen.random(inner + take, dtype=np.float32)[inner:]
         pos += take
-    return out
+    return view

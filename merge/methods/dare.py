@@ -15,18 +15,22 @@ norm instead of by 1/(1−p) (see mergekit issue #245); ours is the paper's unbi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from merge.methods._deltas import check_weights, combine
 from merge.methods.base import Job, Method, Param, uniform
 from merge.methods.task_arithmetic import GTA_SHARED
 
+if TYPE_CHECKING:  # torch is imported where a function needs it: the numpy engine never does
+    import torch
+
 
 def dare_drop(delta: torch.Tensor, density: float, rescale: bool, key: tuple[object, ...],
               offset: int = 0) -> torch.Tensor:
+    import torch
+
     if density >= 1:
         return delta
     if density <= 0:

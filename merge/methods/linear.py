@@ -10,11 +10,12 @@ writes inf/NaN). A `base_model` is not an input unless it is listed under `model
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from merge.methods.base import Job, Method, NpKernel, Param
 
-from merge.methods.base import Job, Method, Param
+if TYPE_CHECKING:  # torch is imported by the torch engine only when it runs
+    import torch
 
 
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
@@ -46,3 +47,25 @@ class Linear(Method):
 
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         return linear(xs, [p["weight"] for p in job.per_model], job.shared["normalize"])
+
+    def numpy_kernel(self, job: Job, kinds: list[str], load: str | None) -> NpKernel | None:
+        import numpy as np
+
+        from merge.npfloat import fma_scalar, product_exact
+
+        w = [p["weight"] for p in job.per_model]
+        normalize = bool(job.shared["normalize"])
+        total = np.float32(float(sum(w)))
+        first = np.float32(w[0])
+        rest = [(c, product_exact(c, k, load)) for c, k in zip(w[1:], kinds[1:], strict=True)]
+
+        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+            # linear(): out = x0·w0; out.add_(x_i, alpha=w_i) (fused); out /= Σw
+            np.multiply(xs[0], first, out=out)
+            for x, (c, exact) in zip(xs[1:], rest, strict=True):
+                fma_scalar(out, x, c, exact, tmp)
+            if normalize:
+                out /= total
+            return out
+
+        return kernel

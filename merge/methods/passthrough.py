@@ -6,11 +6,12 @@ builds "frankenmerges" by stacking layer ranges of different models (mergekit se
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from merge.methods.base import Job, Method, Param
+
+if TYPE_CHECKING:  # torch is imported by the torch engine only when it runs
+    import torch
 
 
 def passthrough(x: torch.Tensor, scale: float | None = None) -> torch.Tensor:

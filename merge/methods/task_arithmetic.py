@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from merge.methods._deltas import check_weights
-from merge.methods.base import Job, Method, Param
+from merge.methods.base import Job, Method, NpKernel, Param
+
+if TYPE_CHECKING:  # torch is imported by the torch engine only when it runs
+    import torch
 
 
 def task_arithmetic(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
@@ -21,17 +22,20 @@ def task_arithmetic(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights
     """Evaluated in the equivalent affine form θ = (1 − Σ c_i)·θ_base + Σ c_i θ_i with
     c_i = λ w_i (/ Σ w) — one fused multiply-add per model instead of a subtraction, a scaling
     and an addition (this step is memory-bound)."""
-    total = float(sum(weights))
-    if normalize:
-        if abs(total) < 1e-8:
-            raise ValueError(f"weights {list(weights)} sum to 0 with normalize: true (division by zero)")
-        coeffs = [lambda_ * w / total for w in weights]
-    else:
-        coeffs = [lambda_ * w for w in weights]
+    coeffs = affine_coefficients(weights, lambda_, normalize)
     out = base * (1.0 - sum(coeffs))
     for x, c in zip(tensors, coeffs, strict=True):
         out.add_(x, alpha=c)
     return out
+
+
+def affine_coefficients(weights: Sequence[float], lambda_: float, normalize: bool) -> list[float]:
+    total = float(sum(weights))
+    if normalize:
+        if abs(total) < 1e-8:
+            raise ValueError(f"weights {list(weights)} sum to 0 with normalize: true (division by zero)")
+        return [lambda_ * w / total for w in weights]
+    return [lambda_ * w for w in weights]
 
 
 GTA_SHARED = {"normalize": Param(bool, False), "lambda": Param(float, 1.0), "int8_mask": Param(bool, False),
@@ -51,3 +55,22 @@ class TaskArithmetic(Method):
     def apply(self, job: Job, xs: list[torch.Tensor], state: Any, offset: int) -> torch.Tensor:
         return task_arithmetic(xs[0], xs[1:], [p["weight"] for p in job.per_model], job.shared["lambda"],
                                job.shared["normalize"])
+
+    def numpy_kernel(self, job: Job, kinds: list[str], load: str | None) -> NpKernel | None:
+        import numpy as np
+
+        from merge.npfloat import fma_scalar, product_exact
+
+        coeffs = affine_coefficients([p["weight"] for p in job.per_model], job.shared["lambda"],
+                                     job.shared["normalize"])
+        base_coeff = np.float32(1.0 - sum(coeffs))
+        terms = [(c, product_exact(c, k, load)) for c, k in zip(coeffs, kinds[1:], strict=True)]
+
+        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+            # task_arithmetic(): out = base·(1 − Σc); out.add_(x_i, alpha=c_i) (fused)
+            np.multiply(xs[0], base_coeff, out=out)
+            for x, (c, exact) in zip(xs[1:], terms, strict=True):
+                fma_scalar(out, x, c, exact, tmp)
+            return out
+
+        return kernel

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from merge.methods._deltas import combine
 from merge.methods.base import Chunks, Job, Method, Param, kth_largest_many, one_chunk
 from merge.methods.task_arithmetic import GTA_SHARED
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: the numpy engine never does
+    import torch
 
 SELECT_BLOCK = 1 << 16
 
@@ -59,12 +62,13 @@ def magnitude_thresholds(chunks: Chunks, n: int, densities: list[float]) -> list
 @functools.lru_cache(maxsize=4096)
 def below(value: float) -> float:
     """The largest float32 below `value`, so that |x| > below(v) ⇔ |x| ≥ v for float32 x."""
-    t = torch.tensor(value, dtype=torch.float32)
-    return float(torch.nextafter(t, torch.tensor(-1.0, dtype=torch.float32)))
+    return float(np.nextafter(np.float32(value), np.float32(-1.0)))
 
 
 def trim(delta: torch.Tensor, threshold: float | None) -> torch.Tensor:
     """Keep entries with |δ| ≥ threshold (one fused op: hardshrink keeps |x| > λ)."""
+    import torch
+
     if threshold is None or threshold <= 0:
         return delta
     if threshold == float("inf"):
