@@ -142,19 +142,25 @@ def check_lineage(plan: Plan) -> None:
     if probe is None:
         return
     b = _read_f64(base, probe)
-    nb = float(np.linalg.norm(b))
+    nb = _norm(b)
     if nb == 0:
         return
     for i, s in enumerate(plan.sources):
         if i == plan.base or probe not in s.files.tensors or s.files.tensors[probe].shape != \
                 base.files.tensors[probe].shape:
             continue
-        rel = float(np.linalg.norm(_read_f64(s, probe) - b)) / nb
+        rel = _norm(_read_f64(s, probe) - b) / nb
         if rel > LINEAGE_LIMIT:
             raise IncompatibleError(
                 f"{s.label} does not look like a fine-tune of base {base.label}: ‖θ − θ_base‖/‖θ_base‖ = {rel:.2f} "
                 f"on {probe} (> {LINEAGE_LIMIT}; unrelated initialisations give ≈1.4)",
                 override="--allow-unrelated-base")
+
+
+def _norm(x: np.ndarray) -> float:
+    # not np.linalg.norm: its BLAS call wakes OpenBLAS's threads, which then spin for a while
+    # on the cores the merge is about to use
+    return float(np.sqrt(np.sum(x * x)))
 
 
 def _read_f64(src: Source, name: str) -> np.ndarray:

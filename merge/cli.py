@@ -102,6 +102,9 @@ def run_command(config: Path, out_dir: Path, dry_run: bool, force: bool, seed: i
                 out_shard_size: str, chunk_elems: int, no_progress: bool, no_hash_cache: bool, as_json: bool) -> None:
     """Merge the models of CONFIG (mergekit YAML) into OUT_DIR."""
     signal.signal(signal.SIGTERM, _sigterm)
+    # the merge makes no BLAS calls through numpy; without this, numpy's OpenBLAS starts a thread
+    # per core at import, whose busy-waiting cost ~0.1 CPU-s per merge on the merge's cores
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # importing torch allocates ~10^5 objects; cyclic GC passes over them cost ~0.3 CPU-s of
     # start-up, and the merge itself creates no garbage cycles worth collecting. The
     # interpreter's final collection at exit would walk them all again (~0.5 s): objects frozen

@@ -135,13 +135,16 @@ class ModelFiles:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(self._fd(info.file), info.offset, info.nbytes, os.POSIX_FADV_WILLNEED)
 
-    def read_rows_np(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of `info` as a flat numpy array of its dtype (BF16 as uint16 bits)."""
+    def read_rows_np(self, info: TensorInfo, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop) of `info` as a flat numpy array of its dtype (BF16 as uint16 bits),
+        read into `out` (a uint8 array of exactly that many bytes) when given."""
         import numpy as np
 
         per_row = info.row_elems * info.itemsize
         nbytes = (stop - start) * per_row
-        buf = np.empty(nbytes, dtype=np.uint8)
+        buf = np.empty(nbytes, dtype=np.uint8) if out is None else out
+        if buf.size != nbytes:
+            raise ValueError(f"read_rows_np: out has {buf.size} bytes, {nbytes} needed")
         view = memoryview(buf)  # type: ignore[arg-type]
         fd = self._fd(info.file)
         got = 0

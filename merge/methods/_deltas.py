@@ -77,3 +77,58 @@ def check_weights(weights: Sequence[float], normalize: bool, consensus: bool) ->
     if normalize and not consensus and abs(float(sum(weights))) < 1e-8:
         raise ValueError(f"weights {list(weights)} sum to 0 with normalize: true (division by zero); "
                          f"change the weights or set normalize: false")
+
+
+_F0 = np.float32(0)  # a float32 zero: a Python 0 operand would be cast through a buffer per call
+
+
+def combine_np(base: np.ndarray, deltas: list[np.ndarray], weights: Sequence[float], *, consensus: bool,
+               normalize: bool, lambda_: float, out: np.ndarray) -> np.ndarray:
+    """`combine` in numpy for the torch-free engine: the same float32 operations in the same
+    order, so the result is bit-identical wherever it is not NaN (a NaN output stays NaN; NaN
+    payloads may differ, which the engine's bfloat16 output erases). `deltas` may be modified;
+    the result is written into `out`."""
+    if not deltas:
+        np.copyto(out, base)
+        return out
+    weighted = []
+    for d, w in zip(deltas, weights, strict=False):
+        if w != 1:
+            d *= np.float32(w)
+        weighted.append(d)
+    if consensus:
+        total = weighted[0].copy()
+        for wd in weighted[1:]:
+            total += wd
+        # torch: sign(Σ) (0 at ±0 and NaN) + [Σ = 0]; np.sign gives NaN at NaN, which only
+        # turns outputs NaN that torch's path makes NaN too (a NaN Σ needs a NaN or ±inf δ)
+        elected = np.sign(total)
+        elected += np.equal(total, _F0)
+        merged = np.zeros_like(base)
+        divisor = np.zeros_like(base) if normalize else None
+        p = total  # scratch from here on
+        for wd, w in zip(weighted, weights, strict=False):
+            np.multiply(wd, elected, out=p)
+            np.maximum(p, _F0, out=p)  # relu: NaN stays NaN
+            merged += p
+            if divisor is not None:
+                # torch adds sign(p)·w, i.e. w where p > 0 (sign(NaN) = 0)
+                agree = np.greater(p, _F0)
+                divisor += agree if w == 1 else agree * np.float32(w)
+        merged *= elected
+        if divisor is not None:
+            if min(weights) > 0:
+                np.maximum(divisor, np.float32(min(weights) / 2), out=divisor)
+            else:
+                divisor += np.equal(divisor, _F0)
+            merged /= divisor
+    else:
+        merged = weighted[0].copy()
+        for wd in weighted[1:]:
+            merged += wd
+        if normalize:
+            merged /= np.float32(float(sum(weights)))
+    if lambda_ != 1:
+        merged *= np.float32(lambda_)
+    np.add(base, merged, out=out)
+    return out

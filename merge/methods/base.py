@@ -25,8 +25,11 @@ if TYPE_CHECKING:  # torch is imported where a function needs it: the numpy engi
     import torch
 
 Chunks = Callable[[], Iterator[tuple[int, list["torch.Tensor"]]]]
-# numpy twin of `Method.apply` for one block: (float32 inputs, float32 out, float32 scratch) -> out
-NpKernel = Callable[[list[np.ndarray], np.ndarray, np.ndarray], np.ndarray]
+# numpy twin of `Method.apply` for one block: (float32 inputs, float32 out, float32 scratch,
+# flat element offset of the block, the state from `numpy_stats`) -> out
+NpKernel = Callable[[list[np.ndarray], np.ndarray, np.ndarray, int, Any], np.ndarray]
+# numpy twin of `Chunks`: (flat offset, float32 array per input), each valid until the next one
+NpChunks = Callable[[], Iterator[tuple[int, list[np.ndarray]]]]
 RNG_BLOCK = 1 << 16
 # streams up to this many values are selected in memory (4 bytes each per queried stream), by
 # at most WHOLE_SELECT_SLOTS threads at once (peak RSS); the others take the streaming path.
@@ -107,7 +110,12 @@ class Method:
         """A torch-free twin of `apply` for this job, byte-identical to it (the same float32
         operations in the same order, `merge.npfloat`), used by `merge.np_engine`; None where
         there is none. Only for elementwise methods without `stats`. `kinds`: the inputs'
-        safetensors dtypes, `load`: the config's dtype (both decide which products are exact)."""
+        safetensors dtypes, `load`: the config's dtype (both decide which products are exact).
+        A method that overrides `stats` must override `numpy_stats` too to have one."""
+        return None
+
+    def numpy_stats(self, job: Job, chunks: NpChunks) -> Any:
+        """`stats` over numpy chunks, with equal results (used with `numpy_kernel`)."""
         return None
 
 
@@ -142,11 +150,16 @@ def kth_largest(values: Callable[[], Iterator[torch.Tensor]], n: int, k: int) ->
     return kth_largest_many(lambda: ([c] for c in values()), n, [(0, k)])[0]
 
 
-def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
+def _np(x: Any) -> np.ndarray:
+    """A 1-D fp32 chunk as a numpy array (torch tensors share their memory)."""
+    return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+def kth_largest_many(values: Callable[[], Iterator[list[Any]]], n: int,
                      queries: list[tuple[int, int]]) -> list[float]:
     """Exact k-th largest values of several streams of `n` values each.
 
-    `values()` yields, per chunk, one 1-D fp32 tensor per stream; `queries` are (stream, k)
+    `values()` yields, per chunk, one 1-D fp32 tensor or numpy array per stream; `queries` are (stream, k)
     pairs (k 1-based). Instead of sorting (mergekit argsorts every tensor):
     - n ≤ WHOLE_SELECT: one pass copies each queried stream into one buffer and numpy's
       introselect (`ndarray.partition`, ~1.5 ns/element, vs ~20 for torch.kthvalue) places
@@ -174,9 +187,9 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
             whole = {s: bufs[i][:n] for i, s in enumerate(streams)}
             off = 0
             for chunk in values():
-                size = chunk[streams[0]].numel()
+                size = len(chunk[streams[0]])
                 for s in streams:
-                    whole[s][off : off + size] = chunk[s].numpy()
+                    whole[s][off : off + size] = _np(chunk[s])
                 off += size
             for s in streams:
                 whole[s].partition(sorted({n - k for t, k in queries if t == s}))
@@ -184,22 +197,21 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
         finally:
             if pooled:
                 _give_select_buffers(bufs)
-    import torch
-
     m = min(1 << 14, max(1 << 10, n >> 4))
     stride = n // m
-    g = torch.Generator().manual_seed(0x5EED)
-    idx = torch.arange(m, dtype=torch.int64) * stride + torch.randint(0, stride, (m,), generator=g)
-    # results that outlive a chunk go into preallocated buffers: small long-lived tensors
+    # the sample only brackets the answers (any sample gives the same, exact, results)
+    g = np.random.Generator(np.random.PCG64(0x5EED))
+    idx = np.arange(m, dtype=np.int64) * stride + g.integers(0, stride, m)
+    # results that outlive a chunk go into preallocated buffers: small long-lived arrays
     # scattered between the chunk temporaries would fragment the malloc arenas (RSS growth)
-    sample = {s: torch.empty(m, dtype=torch.float32) for s in streams}
+    sample = {s: np.empty(m, dtype=np.float32) for s in streams}
     off = 0
     for chunk in values():
-        size = chunk[0].numel()
-        lo, hi = torch.searchsorted(idx, torch.tensor([off, off + size])).tolist()
+        size = len(chunk[0])
+        lo, hi = (int(v) for v in np.searchsorted(idx, [off, off + size]))
         if hi > lo:
             for s in streams:
-                torch.index_select(chunk[s], 0, idx[lo:hi] - off, out=sample[s][lo:hi])
+                np.take(_np(chunk[s]), idx[lo:hi] - off, out=sample[s][lo:hi])
         off += size
     results: dict[tuple[int, int], float] = {}
     margins = {q: 4.0 * math.sqrt(m * (q[1] / n) * (1 - q[1] / n)) + 16 for q in queries}
@@ -212,13 +224,16 @@ def kth_largest_many(values: Callable[[], Iterator[list[torch.Tensor]]], n: int,
             s, k = q
             pos = k / n * m
             hi_i, lo_i = math.floor(pos - margins[q]), math.ceil(pos + margins[q])
-            hi_v = float(sample[s].kthvalue(m - hi_i).values) if hi_i >= 0 and attempt < 2 else math.inf
-            lo_v = float(sample[s].kthvalue(m - lo_i).values) if lo_i < m and attempt < 2 else -math.inf
+            # the (m − i)-th smallest sample value (torch's kthvalue(m − i), 1-based)
+            hi_v = float(np.partition(sample[s], m - hi_i - 1)[m - hi_i - 1]) if hi_i >= 0 and attempt < 2 \
+                else math.inf
+            lo_v = float(np.partition(sample[s], m - lo_i - 1)[m - lo_i - 1]) if lo_i < m and attempt < 2 \
+                else -math.inf
             cap = min(n, int(n * (2 * margins[q] / m) * 1.5) + 1024) if attempt < 2 else n
             brackets[q] = _Bracket(hi_v, lo_v, np.empty(cap, dtype=np.float32))
         for chunk in values():
             for q, b in brackets.items():
-                c = chunk[q[0]].numpy()
+                c = _np(chunk[q[0]])
                 # bracket bounds are float32 values, so comparing in float32 is exact
                 if b.high != math.inf:
                     high = np.greater(c, np.float32(b.high))

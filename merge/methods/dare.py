@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from merge.methods._deltas import check_weights, combine
-from merge.methods.base import Job, Method, Param, uniform
+from merge.methods._deltas import check_weights, combine, combine_np
+from merge.methods.base import Job, Method, NpKernel, Param, uniform, uniform_np
 from merge.methods.task_arithmetic import GTA_SHARED
 
 if TYPE_CHECKING:  # torch is imported where a function needs it: the numpy engine never does
@@ -45,6 +45,20 @@ def dare_drop(delta: torch.Tensor, density: float, rescale: bool, key: tuple[obj
     if rescale:
         out.div_(density)
     return out
+
+
+def dare_drop_np(delta: np.ndarray, density: float, rescale: bool, key: tuple[object, ...],
+                 offset: int) -> np.ndarray:
+    """`dare_drop` in numpy (the same draws and float32 operations), in place on `delta`."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        delta[...] = 0
+        return delta
+    delta *= np.less(uniform_np(key, offset, delta.size), np.float32(density))
+    if rescale:
+        delta /= np.float32(density)
+    return delta
 
 
 def dare(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
@@ -75,3 +89,18 @@ class Dare(Method):
                   for x, p, mid in zip(xs[1:], job.per_model, job.model_ids, strict=False)]
         return combine(base, deltas, [p["weight"] for p in job.per_model], consensus=self.consensus,
                        normalize=job.shared["normalize"], lambda_=job.shared["lambda"])
+
+    def numpy_kernel(self, job: Job, kinds: list[str], load: str | None) -> NpKernel | None:
+        weights = [p["weight"] for p in job.per_model]
+        drops = [(p["density"], (job.seed, job.name, mid)) for p, mid in zip(job.per_model, job.model_ids,
+                                                                                strict=False)]
+        rescale, normalize, lambda_ = job.shared["rescale"], job.shared["normalize"], job.shared["lambda"]
+
+        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray, offset: int, state: Any) -> np.ndarray:
+            base = xs[0]
+            deltas = [dare_drop_np(np.subtract(x, base), d, rescale, key, offset)
+                      for x, (d, key) in zip(xs[1:], drops, strict=False)]
+            return combine_np(base, deltas, weights, consensus=self.consensus, normalize=normalize,
+                              lambda_=lambda_, out=out)
+
+        return kernel

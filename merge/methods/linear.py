@@ -59,7 +59,7 @@ class Linear(Method):
         first = np.float32(w[0])
         rest = [(c, product_exact(c, k, load)) for c, k in zip(w[1:], kinds[1:], strict=True)]
 
-        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray, offset: int, state: Any) -> np.ndarray:
             # linear(): out = x0·w0; out.add_(x_i, alpha=w_i) (fused); out /= Σw
             np.multiply(xs[0], first, out=out)
             for x, (c, exact) in zip(xs[1:], rest, strict=True):

@@ -66,7 +66,7 @@ class TaskArithmetic(Method):
         base_coeff = np.float32(1.0 - sum(coeffs))
         terms = [(c, product_exact(c, k, load)) for c, k in zip(coeffs, kinds[1:], strict=True)]
 
-        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray, offset: int, state: Any) -> np.ndarray:
             # task_arithmetic(): out = base·(1 − Σc); out.add_(x_i, alpha=c_i) (fused)
             np.multiply(xs[0], base_coeff, out=out)
             for x, (c, exact) in zip(xs[1:], terms, strict=True):
