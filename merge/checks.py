@@ -15,6 +15,7 @@ Each refusal is an `IncompatibleError` that names the models, the mismatch and t
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -141,7 +142,7 @@ def check_lineage(plan: Plan) -> None:
     probe = _probe_tensor(plan)
     if probe is None:
         return
-    b = _read_f64(base, probe)
+    b = _read_f32(base, probe)
     nb = _norm(b)
     if nb == 0:
         return
@@ -149,7 +150,9 @@ def check_lineage(plan: Plan) -> None:
         if i == plan.base or probe not in s.files.tensors or s.files.tensors[probe].shape != \
                 base.files.tensors[probe].shape:
             continue
-        rel = _norm(_read_f64(s, probe) - b) / nb
+        d = _read_f32(s, probe)
+        d -= b
+        rel = _norm(d) / nb
         if rel > LINEAGE_LIMIT:
             raise IncompatibleError(
                 f"{s.label} does not look like a fine-tune of base {base.label}: ‖θ − θ_base‖/‖θ_base‖ = {rel:.2f} "
@@ -158,20 +161,24 @@ def check_lineage(plan: Plan) -> None:
 
 
 def _norm(x: np.ndarray) -> float:
-    # not np.linalg.norm: its BLAS call wakes OpenBLAS's threads, which then spin for a while
-    # on the cores the merge is about to use
-    return float(np.sqrt(np.sum(x * x)))
+    """Euclidean norm, summed in float64 over 1M-element blocks (bounded temporaries). Not
+    np.linalg.norm: its BLAS call would wake OpenBLAS's threads on the merge's cores."""
+    total = 0.0
+    for s in range(0, x.size, 1 << 20):
+        block = x[s : s + (1 << 20)].astype(np.float64)
+        total += float(np.sum(block * block))
+    return math.sqrt(total)
 
 
-def _read_f64(src: Source, name: str) -> np.ndarray:
-    """A whole tensor as float64 values, read without torch (a plan must not import it)."""
+def _read_f32(src: Source, name: str) -> np.ndarray:
+    """A whole tensor as float32 values, read without torch (a plan must not import it)."""
     from merge.npfloat import bf16_to_f32
 
     info = src.files.tensors[name]
-    raw = src.files.read_rows_np(info, 0, info.rows)
+    raw = src.files.read_rows_np(info, 0, info.rows).reshape(-1)
     if info.dtype == "BF16":
-        raw = bf16_to_f32(raw, np.empty(raw.size, np.float32))
-    return raw.astype(np.float64)
+        return bf16_to_f32(raw, np.empty(raw.size, np.float32))
+    return raw.astype(np.float32)
 
 
 def _probe_tensor(plan: Plan) -> str | None:

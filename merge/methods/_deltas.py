@@ -79,6 +79,14 @@ def check_weights(weights: Sequence[float], normalize: bool, consensus: bool) ->
                          f"change the weights or set normalize: false")
 
 
+def _sum(xs: list[np.ndarray]) -> np.ndarray:
+    """x0 + x1 + ... left to right into a new array (torch: clone, then add_ each)."""
+    out = np.add(xs[0], xs[1]) if len(xs) > 1 else xs[0].copy()
+    for x in xs[2:]:
+        out += x
+    return out
+
+
 _F0 = np.float32(0)  # a float32 zero: a Python 0 operand would be cast through a buffer per call
 
 
@@ -97,24 +105,31 @@ def combine_np(base: np.ndarray, deltas: list[np.ndarray], weights: Sequence[flo
             d *= np.float32(w)
         weighted.append(d)
     if consensus:
-        total = weighted[0].copy()
-        for wd in weighted[1:]:
-            total += wd
+        total = _sum(weighted)
         # torch: sign(Σ) (0 at ±0 and NaN) + [Σ = 0]; np.sign gives NaN at NaN, which only
         # turns outputs NaN that torch's path makes NaN too (a NaN Σ needs a NaN or ±inf δ)
         elected = np.sign(total)
         elected += np.equal(total, _F0)
-        merged = np.zeros_like(base)
-        divisor = np.zeros_like(base) if normalize else None
+        # torch starts merged and divisor at +0 and adds to them; the first addition is written
+        # as such (+0 + x: a -0 becomes +0) instead of zero-filling first
+        merged: np.ndarray | None = None
+        divisor: np.ndarray | None = None
         p = total  # scratch from here on
         for wd, w in zip(weighted, weights, strict=False):
             np.multiply(wd, elected, out=p)
             np.maximum(p, _F0, out=p)  # relu: NaN stays NaN
-            merged += p
-            if divisor is not None:
-                # torch adds sign(p)·w, i.e. w where p > 0 (sign(NaN) = 0)
+            if merged is None:
+                merged = np.add(p, _F0)
+            else:
+                merged += p
+            if normalize:
+                # torch adds sign(p)·w, i.e. w where p > 0 (sign(NaN) = 0): exactly 0 or w
                 agree = np.greater(p, _F0)
-                divisor += agree if w == 1 else agree * np.float32(w)
+                if divisor is None:
+                    divisor = agree.astype(np.float32) if w == 1 else np.add(agree * np.float32(w), _F0)
+                else:
+                    divisor += agree if w == 1 else agree * np.float32(w)
+        assert merged is not None
         merged *= elected
         if divisor is not None:
             if min(weights) > 0:
@@ -123,9 +138,7 @@ def combine_np(base: np.ndarray, deltas: list[np.ndarray], weights: Sequence[flo
                 divisor += np.equal(divisor, _F0)
             merged /= divisor
     else:
-        merged = weighted[0].copy()
-        for wd in weighted[1:]:
-            merged += wd
+        merged = _sum(weighted)
         if normalize:
             merged /= np.float32(float(sum(weights)))
     if lambda_ != 1:
