@@ -6,6 +6,11 @@
 #   plain       no OTEL_* variables
 #   unsampled   tracing configured but OTEL_TRACES_SAMPLER=always_off (request hooks only)
 #   traced      every request traced and exported over OTLP/HTTP to benchmarks/observability_sink.py
+#               in POSTs of 512 spans (the default batch size; the rest at shutdown). The timer
+#               is pushed out of the way (OTEL_BSP_SCHEDULE_DELAY=600000): under valgrind a
+#               request takes ~50x longer, so the default 5 s timer would send smaller POSTs, as
+#               many as the machine's other load slows the run, instead of the full batches the
+#               same gateway sends at any real request rate
 # Each mode runs twice, with N1 and N2 sequential chat completions on one keep-alive connection;
 # (instructions(N2) - instructions(N1)) / (N2 - N1) cancels start-up and shutdown.
 #   benchmarks/observability_instructions.sh [N1 N2]        (defaults 200 1200; ~5 minutes)
@@ -33,7 +38,7 @@ run() {  # MODE N -> prints instructions
   (
     unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT OTEL_TRACES_SAMPLER
     case $mode in
-      traced) export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK" OTEL_BSP_SCHEDULE_DELAY=500 ;;
+      traced) export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK" OTEL_BSP_SCHEDULE_DELAY=600000 ;;
       unsampled) export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK" OTEL_TRACES_SAMPLER=always_off ;;
     esac
     exec valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
@@ -54,7 +59,6 @@ for _ in range(n):
     r.read()
     assert r.status == 200, r.status
 PY
-  sleep 1.5  # the traced gateway's last batch leaves before shutdown
   kill -TERM "$vpid"; wait "$vpid" || true
   grep -o 'I *refs: *[0-9,]*' "$WORK/$mode-$n.log" | tr -d ', ' | cut -d: -f2
 }

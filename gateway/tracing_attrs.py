@@ -1,9 +1,10 @@
 """Span attributes from a RequestRecord: the GenAI / OpenInference / cohortgate names.
 
-Builders run when a span is encoded (tracing_export.py), off the request's own code path. Each
-sets `span.fixed` (attributes shared by many requests: operation, models, cohort, route,
-outcome..., encoded once per distinct combination) and `span.attrs` (per-request values: ids,
-token counts, timings, parameters). The full list of names is in docs/observability.md.
+`encode_request` runs when a request's spans are encoded (in a deferred callback on the event
+loop, see tracing_export.py), off the request's own code path. Attributes shared by many requests
+(operation, models, cohort, route, outcome...) are encoded once per distinct combination; per
+request only ids, times, the request id and token counts are. The full list of names is in
+docs/observability.md.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.request import RequestRecord
-from gateway.tracing_export import STATUS_ERROR, SpanData
+from gateway.tracing_export import CLIENT, LENS, SERVER, SMALL, STATUS_ERROR, Encoder, ld, lenb, pack_times
 
 if TYPE_CHECKING:
     from gateway.tracing import _AttemptSpan, _Req
@@ -61,86 +62,157 @@ def usage(a: dict[str, Any], rec: RequestRecord) -> None:
         a["llm.token_count.total"] = tin + tout
 
 
-class RootBuild:
-    """Fills the request span from its RequestRecord, in the export thread. Attributes that
-    repeat across requests (cohort, route, models, outcome...) form the `fixed` block, encoded
-    once per distinct combination; the per-request ones (ids, tokens, timings) go to `attrs`."""
+_RID_KEY = ld(1, b"cohortgate.request_id")
+_RID_LEN = len(_RID_KEY) + 4
 
-    __slots__ = ("rec", "req")
 
-    def __init__(self, rec: RequestRecord, req: _Req) -> None:
-        self.rec, self.req = rec, req
+def _hashable(params: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())
 
-    def __call__(self, s: SpanData) -> None:
-        rec = self.rec
-        s.name = f"{rec.operation} {rec.alias}" if rec.alias else rec.operation
-        # Request parameters and the classification reason usually repeat too (one client app, one
-        # rule): they are part of the key (a list value, e.g. `stop`, as a tuple to be hashable).
-        params = rec.request_params
-        pkey = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()) if params else ()
-        s.fixed = (("root", rec.operation, rec.stream, rec.outcome, len(rec.attempts), rec.mirrored, rec.status,
-                    rec.alias, self.req.client, rec.response_model, rec.served_model, rec.error_type, rec.cohort,
-                    rec.cohort_reason, rec.route_id, rec.served_by, rec.arm, rec.fallback_reason, rec.key_name,
-                    tuple(rec.finish_reasons), pkey), self.fixed)
-        a = s.attrs = {"cohortgate.request_id": rec.request_id}
-        tin, tout = rec.input_tokens, rec.output_tokens
-        if type(tin) is int and type(tout) is int:
-            s.tokens = (tin, tout)  # the usual case: one cached block for the five token attributes
-        else:
-            usage(a, rec)
-        if rec.ttft_s is not None:
-            a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
-        if rec.cohort_confidence is not None:
-            a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
-        if rec.error_type is not None:
-            s.status = (STATUS_ERROR, rec.error_type)
-        if self.req.content:
-            a.update(self.req.content)
-        if rec.evals:
-            s.events = [("gen_ai.evaluation.result", s.end, {
-                "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
-                "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream})
-                for name, score, passed, upstream in rec.evals]
 
-    def fixed(self) -> dict[str, Any]:
-        rec, client = self.rec, self.req.client
-        a: dict[str, Any] = {
-            "gen_ai.operation.name": rec.operation,
-            "gen_ai.request.stream": rec.stream,
-            "openinference.span.kind": "LLM",
-            "cohortgate.outcome": rec.outcome,
-            "cohortgate.attempts": len(rec.attempts),
-            "cohortgate.mirror": rec.mirrored,
-            "http.response.status_code": rec.status,
-        }
-        if rec.alias:
-            a["gen_ai.request.model"] = rec.alias
-        if client is not None:
-            a["gen_ai.provider.name"] = client.spec.provider
-            a.update(server_attrs(client))
-        model = rec.response_model or rec.served_model
-        if model:
-            a["gen_ai.response.model"] = a["llm.model_name"] = model
-        if rec.finish_reasons:
-            a["gen_ai.response.finish_reasons"] = [str(r) for r in rec.finish_reasons]
-        if rec.error_type is not None:
-            a["error.type"] = rec.error_type
-        if rec.request_params:
-            request_params(a, rec.request_params)
-        if rec.cohort:
-            a["cohortgate.cohort"] = rec.cohort
-            a["cohortgate.cohort.reason"] = rec.cohort_reason
-        if rec.route_id:
-            a["cohortgate.route"] = rec.route_id
-        if rec.served_by:
-            a["cohortgate.target"] = rec.served_by
-            a["cohortgate.target.model"] = rec.served_model
-            a["cohortgate.canary_arm"] = rec.arm or "-"
-        if rec.fallback_reason:
-            a["cohortgate.fallback.reason"] = rec.fallback_reason
-        if rec.key_name:
-            a["cohortgate.caller"] = rec.key_name
-        return a
+def encode_request(req: _Req, enc: Encoder) -> tuple[bytes, int]:
+    """The request's SERVER span and one CLIENT span per upstream attempt, framed for the export
+    request. What repeats across requests (name, operation, models, cohort, route, outcome,
+    request parameters...) is a cached block per distinct combination; per request only the ids,
+    times, request id and token counts are encoded. Written inline: this runs for every traced
+    request, and each Python call here costs about as much as the bytes work it would save."""
+    rec = req.rec
+    assert rec is not None
+    tid, sid = req.trace_id, req.span_id
+    blocks = enc.blocks
+    spans = []
+    for att in req.attempts:
+        c, outcome = att.client, att.outcome or "ok"  # finish() ended every attempt
+        served = outcome == "ok" and rec.served_by == c.name
+        key = ("attempt", rec.operation, c, att.n, outcome, att.status, rec.response_model if served else None)
+        blk = blocks.get(key)
+        if blk is None:
+            blk = _attempt_block(enc, key, rec, att, outcome, served)
+        body = b"".join((b"\x0a\x10", tid, b"\x12\x08", att.span_id, b"\x22\x08", sid, blk,
+                         pack_times(0x39, att.start, 0x41, att.end)))
+        n = len(body)
+        spans.append(b"\x12" + (LENS[n] if n < 4096 else lenb(n)) + body)
+    params = rec.request_params
+    # request parameters and the classification reason usually repeat too (one client app, one rule)
+    rkey = ("root", rec.operation, rec.alias, rec.stream, rec.outcome, len(rec.attempts), rec.mirrored,
+           rec.status, req.attempts[-1].client if req.attempts else None, rec.response_model, rec.served_model,
+           rec.error_type, rec.cohort, rec.cohort_reason, rec.route_id, rec.served_by, rec.arm,
+           rec.fallback_reason, rec.key_name, tuple(rec.finish_reasons), tuple(params.items()) if params else ())
+    try:
+        blk = blocks.get(rkey)
+    except TypeError:  # a list-valued parameter (`stop`): hashable as a tuple
+        rkey = rkey[:-1] + (_hashable(params),)
+        blk = blocks.get(rkey)
+    if blk is None:
+        blk = _root_block(enc, rkey, rec, req)
+    rid = rec.request_id.encode()  # ASCII: proxy.new_request_id takes a client's id only so
+    n = len(rid)
+    b = [b"\x0a\x10", tid, b"\x12\x08", sid, blk, pack_times(0x39, req.start, 0x41, req.end),
+         # KeyValue{key, AnyValue{string_value}}: one-byte lengths for ids up to 100 bytes
+         b"".join((b"\x4a", SMALL[n + _RID_LEN], _RID_KEY, b"\x12", SMALL[n + 2], b"\x0a", SMALL[n], rid))
+         if n <= 100 else enc.str_attr("cohortgate.request_id", rec.request_id)]
+    if req.parent_id is not None:
+        b += (b"\x22\x08", req.parent_id)
+    tin, tout = rec.input_tokens, rec.output_tokens
+    if type(tin) is int and type(tout) is int:
+        b.append(enc.tokens(tin, tout))  # the usual case: one cached block for the five attributes
+        if rec.ttft_s is not None or rec.cohort_confidence is not None or req.content or rec.evals:
+            _root_extras(enc, b, rec, req, {})
+    else:
+        a: dict[str, Any] = {}
+        usage(a, rec)
+        _root_extras(enc, b, rec, req, a)
+    body = b"".join(b)
+    n = len(body)
+    spans.append(b"\x12" + (LENS[n] if n < 4096 else lenb(n)) + body)
+    return b"".join(spans), len(spans)
+
+
+def _root_extras(enc: Encoder, b: list[bytes], rec: RequestRecord, req: _Req, a: dict[str, Any]) -> None:
+    """The request span's less common per-request attributes and its evaluation events."""
+    if rec.ttft_s is not None:
+        a["gen_ai.response.time_to_first_chunk"] = rec.ttft_s
+    if rec.cohort_confidence is not None:
+        a["cohortgate.cohort.confidence"] = float(rec.cohort_confidence)
+    if req.content:
+        a.update(req.content)
+    if a:
+        b.append(enc.attrs(a))
+    if rec.evals:
+        b.append(enc.events([("gen_ai.evaluation.result", req.end, {
+            "gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": float(score),
+            "gen_ai.evaluation.score.label": "pass" if passed else "fail", "cohortgate.upstream": upstream})
+            for name, score, passed, upstream in rec.evals]))
+
+
+def _root_block(enc: Encoder, key: Any, rec: RequestRecord, req: _Req) -> bytes:
+    name = f"{rec.operation} {rec.alias}" if rec.alias else rec.operation
+    status = (STATUS_ERROR, rec.error_type) if rec.error_type is not None else (0, "")
+    client = req.attempts[-1].client if req.attempts else None
+    return enc.put_block(key, name, SERVER, root_fixed(rec, client), status)
+
+
+def _attempt_block(enc: Encoder, key: Any, rec: RequestRecord, att: _AttemptSpan, outcome: str,
+                   served: bool) -> bytes:
+    c = att.client
+    a: dict[str, Any] = {
+        "gen_ai.operation.name": rec.operation,
+        "gen_ai.provider.name": c.spec.provider,
+        "gen_ai.request.model": c.spec.model,
+        "cohortgate.attempt": att.n,
+        "cohortgate.attempt.outcome": outcome,
+        "cohortgate.target": c.name,
+        **server_attrs(c),
+    }
+    if outcome != "ok":
+        a["error.type"] = outcome
+    elif served and rec.response_model:
+        a["gen_ai.response.model"] = rec.response_model
+    if att.status is not None:
+        a["http.response.status_code"] = att.status
+    return enc.put_block(key, f"{rec.operation} {c.spec.model}", CLIENT, a,
+                         (STATUS_ERROR, outcome) if outcome != "ok" else (0, ""))
+
+
+def root_fixed(rec: RequestRecord, client: Any) -> dict[str, Any]:
+    """The request span's attributes that repeat across requests."""
+    a: dict[str, Any] = {
+        "gen_ai.operation.name": rec.operation,
+        "gen_ai.request.stream": rec.stream,
+        "openinference.span.kind": "LLM",
+        "cohortgate.outcome": rec.outcome,
+        "cohortgate.attempts": len(rec.attempts),
+        "cohortgate.mirror": rec.mirrored,
+        "http.response.status_code": rec.status,
+    }
+    if rec.alias:
+        a["gen_ai.request.model"] = rec.alias
+    if client is not None:
+        a["gen_ai.provider.name"] = client.spec.provider
+        a.update(server_attrs(client))
+    model = rec.response_model or rec.served_model
+    if model:
+        a["gen_ai.response.model"] = a["llm.model_name"] = model
+    if rec.finish_reasons:
+        a["gen_ai.response.finish_reasons"] = [str(r) for r in rec.finish_reasons]
+    if rec.error_type is not None:
+        a["error.type"] = rec.error_type
+    if rec.request_params:
+        request_params(a, rec.request_params)
+    if rec.cohort:
+        a["cohortgate.cohort"] = rec.cohort
+        a["cohortgate.cohort.reason"] = rec.cohort_reason
+    if rec.route_id:
+        a["cohortgate.route"] = rec.route_id
+    if rec.served_by:
+        a["cohortgate.target"] = rec.served_by
+        a["cohortgate.target.model"] = rec.served_model
+        a["cohortgate.canary_arm"] = rec.arm or "-"
+    if rec.fallback_reason:
+        a["cohortgate.fallback.reason"] = rec.fallback_reason
+    if rec.key_name:
+        a["cohortgate.caller"] = rec.key_name
+    return a
 
 
 def upstream_status(exc: BaseException) -> int | None:
@@ -152,38 +224,3 @@ def upstream_status(exc: BaseException) -> int | None:
     if isinstance(code, str) and code.startswith("upstream_") and code[9:].isdigit():
         return int(code[9:])
     return None
-
-
-class AttemptBuild:
-    __slots__ = ("att", "outcome", "status")
-
-    def __init__(self, att: _AttemptSpan, outcome: str, status: int | None) -> None:
-        self.att, self.outcome, self.status = att, outcome, status
-
-    def __call__(self, s: SpanData) -> None:
-        rec, c = self.att.rec, self.att.client
-        served = self.outcome == "ok" and rec.served_by == c.name
-        s.fixed = (("attempt", rec.operation, c, self.att.n, self.outcome, self.status,
-                    rec.response_model if served else None), self.fixed)
-        if self.outcome != "ok":
-            s.status = (STATUS_ERROR, self.outcome)
-
-    def fixed(self) -> dict[str, Any]:
-        att, rec, c = self.att, self.att.rec, self.att.client
-        a: dict[str, Any] = {
-            "gen_ai.operation.name": rec.operation,
-            "gen_ai.provider.name": c.spec.provider,
-            "gen_ai.request.model": c.spec.model,
-            "cohortgate.attempt": att.n,
-            "cohortgate.attempt.outcome": self.outcome,
-            "cohortgate.target": c.name,
-            **server_attrs(c),
-        }
-        if self.outcome == "ok":
-            if rec.served_by == c.name and rec.response_model:
-                a["gen_ai.response.model"] = rec.response_model
-        else:
-            a["error.type"] = self.outcome
-        if self.status is not None:
-            a["http.response.status_code"] = self.status
-        return a

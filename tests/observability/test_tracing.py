@@ -381,3 +381,95 @@ def test_embeddings_and_rejected_requests_are_traced(otlp, fake, gateway):
     assert root["name"] == "chat" and "gen_ai.request.model" not in ra  # the body never parsed
     assert ra["error.type"] and ra["http.response.status_code"] == 400 and root["status"]["code"] == 2
     assert "gen_ai.provider.name" not in ra and kids == []
+
+
+@pytest.mark.parametrize("length", [1, 100, 101, 128])
+def test_client_request_ids_of_every_allowed_length_reach_the_span(otlp, fake, gateway, length):
+    """Ids up to 100 bytes take the one-byte-length fast path, longer ones (the proxy accepts up
+    to 128) the general encoding: both must decode to the same id."""
+    a, b = fake("a"), fake("b")
+    g = gateway(policy({"a": a.url, "b": b.url}, ROUTES, COHORTS))
+    rid = ("id-" + "x" * length)[:length]
+    r = chat(g, headers={"x-request-id": rid})
+    assert r.status_code == 200 and r.headers["x-request-id"] == rid
+    root, (att,) = spans_of(otlp, rid, 1)
+    assert root["attributes"]["cohortgate.request_id"] == rid
+    assert att["attributes"]["cohortgate.attempt.outcome"] == "ok"
+
+
+def test_exporter_counts_spans_not_requests_against_its_limits(monkeypatch):
+    """A request's spans are one queue item; the queue and batch limits count spans, and spans
+    count as waiting until their export returned (the sender blocks here until released)."""
+    import threading
+
+    from gateway.tracing_export import BatchExporter, Encoder
+
+    class Item:
+        def encode(self, enc: Encoder) -> tuple[bytes, int]:
+            return b"\x12\x00" * 3, 3  # three empty spans
+
+    release = threading.Event()
+    sent: list[bytes] = []
+
+    class Sender:
+        def send(self, body: bytes) -> None:
+            release.wait(10)
+            sent.append(body)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # sends when 4 spans wait, or at flush
+    ex = BatchExporter(Encoder({}, "s", "1"), Sender())
+    for _ in range(6):  # no loop: each is encoded at once; from 10 waiting spans on, requests are dropped
+        ex.submit(Item())
+    assert (ex.encoded, ex.dropped, ex.exported) == (12, 2, 0)
+    release.set()
+    ex.flush()
+    ex.shutdown()
+    assert ex.exported == 12 and len(sent) == 2  # batches of whole requests reaching 4 spans: 6 + 6
+
+
+def test_traced_requests_leave_no_cyclic_garbage(otlp):
+    """The gateway raises the GC threshold and freezes its start-up objects (gateway/app.py): a
+    reference cycle per request would be work for the collector on every request."""
+    import gc
+    from types import SimpleNamespace
+
+    from gateway.errors import UpstreamTimeout
+    from gateway.request import Attempt, RequestRecord
+    from gateway.tracing import Tracing
+    from gateway.tracing_send import make_sender
+
+    class Client:  # hashable, as UpstreamClient is (span blocks are cached per client)
+        spec = SimpleNamespace(model="a-served", provider="vllm")
+        address, port, name = "127.0.0.1", 8000, "a"
+
+    client = Client()
+    t = Tracing(None, make_sender())
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(50):
+            rec = RequestRecord(f"req_gc_{i}", operation="chat", alias="m", stream=bool(i % 2))
+            t.begin(rec, {})
+            t.inject({})
+            failed = Attempt("a", "a-served")
+            rec.attempts.append(failed)
+            with pytest.raises(UpstreamTimeout), t.attempt_span(rec, client, failed):
+                raise UpstreamTimeout("slow")
+            ok = Attempt("a", "a-served")
+            rec.attempts.append(ok)
+            with t.attempt_span(rec, client, ok):
+                pass
+            rec.input_tokens, rec.output_tokens = 3, 4
+            t.finish(rec)
+        t.exporter.flush()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+        t.exporter.shutdown()
+    spans = otlp.wait_for(lambda sp: len(sp) >= 150)
+    assert sum(s["kind"] == "SERVER" for s in spans) == 50

@@ -51,12 +51,13 @@ def test_traces_endpoint_headers_and_gzip(otlp, fake, gateway, monkeypatch) -> N
 
 
 def test_sampler_ratio_and_parent_based() -> None:
-    assert Sampler("", None).decide(123, None) is True
-    assert Sampler("parentbased_always_on", None).decide(123, False) is False  # follows the caller
-    assert Sampler("always_on", None).decide(123, False) is True
-    assert Sampler("always_off", None).decide(123, True) is False
+    tid = (123).to_bytes(16, "big")
+    assert Sampler("", None).decide(tid, None) is True
+    assert Sampler("parentbased_always_on", None).decide(tid, False) is False  # follows the caller
+    assert Sampler("always_on", None).decide(tid, False) is True
+    assert Sampler("always_off", None).decide(tid, True) is False
     half = Sampler("traceidratio", "0.5")
-    kept = sum(half.root(i * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) for i in range(4000))
+    kept = sum(half.root((i * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF).to_bytes(16, "big")) for i in range(4000))
     assert 1700 < kept < 2300
     with pytest.raises(RuntimeError, match="OTEL_TRACES_SAMPLER"):
         Sampler("jaeger_remote", None)
@@ -64,11 +65,12 @@ def test_sampler_ratio_and_parent_based() -> None:
 
 def test_traceparent_parsing() -> None:
     tid, sid = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    assert parse_traceparent(f"00-{tid}-{sid}-01") == (int(tid, 16), int(sid, 16), True)
-    assert parse_traceparent(f"00-{tid}-{sid}-00") == (int(tid, 16), int(sid, 16), False)
+    assert parse_traceparent(f"00-{tid}-{sid}-01") == (bytes.fromhex(tid), bytes.fromhex(sid), True)
+    assert parse_traceparent(f"00-{tid}-{sid}-00") == (bytes.fromhex(tid), bytes.fromhex(sid), False)
     assert parse_traceparent(f"01-{tid}-{sid}-01-future") is not None  # later versions may add fields
     for bad in ("", "garbage", f"00-{'0' * 32}-{sid}-01", f"00-{tid}-{'0' * 16}-01", f"ff-{tid}-{sid}-01",
-                f"00-{tid}-{sid}-01-extra", f"00-{tid[:-1]}x-{sid}-01"):
+                f"00-{tid}-{sid}-01-extra", f"00-{tid[:-1]}x-{sid}-01", f"00-{tid[:-2]}  -{sid}-01",
+                f"00-{tid}-{sid[:-2]} 7-01"):
         assert parse_traceparent(bad) is None, bad
 
 
