@@ -140,7 +140,7 @@ def _error_response(rec: RequestRecord, err: GatewayError, debug: bool) -> web.R
 
 def _upstream_headers(rec: RequestRecord, state: AppState) -> dict[str, str]:
     h = {"x-request-id": rec.request_id}
-    state.inject_trace(h)
+    state.inject_trace(h, rec)
     return h
 
 

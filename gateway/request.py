@@ -118,6 +118,9 @@ class RequestRecord:
     evals: list[tuple[str, float, bool, str]] = field(default_factory=list)  # name, score, passed, upstream
     request_params: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] | None = None  # the served message, kept when mirrored or content is recorded
+    # tracing state (gateway/tracing.py) when tracing is on: the recorded request's spans, or
+    # the trace context an unrecorded one passes upstream
+    trace: Any = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

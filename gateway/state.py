@@ -58,9 +58,10 @@ class AppState:
             return _NULL
         return self.tracing.attempt_span(rec, client, a)  # type: ignore[no-any-return]
 
-    def inject_trace(self, headers: dict[str, str]) -> None:
+    def inject_trace(self, headers: dict[str, str], rec: RequestRecord | None = None) -> None:
+        """Trace context for a call upstream: of client request `rec`, else of the current shadow call."""
         if self.tracing is not None:
-            self.tracing.inject(headers)
+            self.tracing.inject(headers, rec)
 
     @property
     def circuit_allows(self) -> Any:

@@ -12,8 +12,9 @@ Contract
   `OTEL_TRACES_SAMPLER_ARG`). Export is batched off the request path (tracing_export.py,
   `OTEL_BSP_*` limits, bounded queue: spans past it are dropped, a request never waits).
 - One SERVER span per client request, named `{gen_ai.operation.name} {gen_ai.request.model}`,
-  continuing an incoming W3C `traceparent` (and passing `tracestate` on). It is the current span
-  (a ContextVar) from `begin` to `finish`, which both run in the aiohttp handler's task.
+  continuing an incoming W3C `traceparent` (and passing `tracestate` on). Its state is the
+  request record's `trace`, from `begin` on (a mirror links to it even after the request ended);
+  an unrecorded request keeps only the trace context it passes upstream.
 - One CLIENT span per upstream attempt (`{operation} {served model}`), child of the request span;
   the upstream receives this attempt's span in `traceparent`. A streamed attempt's span stays
   open until the stream ends, so it carries the usage and finish reasons of the relayed events.
@@ -34,11 +35,9 @@ import logging
 import os
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -54,8 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cohortgate.tracing")
 
-_CUR: ContextVar[_Req | None] = ContextVar("cohortgate_trace", default=None)
-_SHADOW_LINKS = 4096  # primaries remembered for shadow-span links (mirrors may run after them)
+# the shadow call running in this task: its recorded span, or the context an unrecorded one passes on
+_CUR: ContextVar[_Req | tuple[str, str | None] | None] = ContextVar("cohortgate_trace", default=None)
 _rand = random.Random()  # ids need uniqueness, not secrecy; seeded from os.urandom
 _LOW64 = 0xFFFFFFFFFFFFFFFF
 # Ids are kept as bytes: the wire format wants them so, and bytes.hex() writes a traceparent about
@@ -122,33 +121,32 @@ def parse_traceparent(value: str) -> tuple[bytes, bytes, bool] | None:
 
 
 class _Req:
-    """Per-request tracing state, the value of the ContextVar during the request; once finished,
-    the exporter's queue item for the request's spans (`encode`)."""
+    """A recorded (sampled) request's tracing state, kept on its RequestRecord as `rec.trace`
+    from begin() on (a mirror still links to it after the request ended); once finished, the
+    exporter's queue item for the request's spans (`encode`). A shadow call's state is the same
+    class, current in the `_CUR` ContextVar during the call (rec None)."""
 
-    __slots__ = ("rec", "trace_id", "span_id", "parent_id", "sampled", "tracestate", "start", "end", "token",
-                 "headers", "attempts", "content")
+    __slots__ = ("rec", "trace_id", "span_id", "parent_id", "tracestate", "start", "end", "headers", "attempts",
+                 "content")
 
-    def __init__(self, rec: RequestRecord | None, trace_id: bytes, span_id: bytes, parent_id: bytes | None,
-                 sampled: bool, tracestate: str | None) -> None:
-        self.rec = rec
+    def __init__(self, trace_id: bytes, span_id: bytes, parent_id: bytes | None, tracestate: str | None) -> None:
+        # set by finish(), cleared once encoded: rec.trace -> req -> rec is a cycle only meanwhile
+        self.rec: RequestRecord | None = None
         self.trace_id, self.span_id, self.parent_id = trace_id, span_id, parent_id
-        self.sampled = sampled
         self.tracestate = tracestate
         self.start = time.time_ns()
         self.end = 0
-        self.token: Any = None
-        self.headers: dict[str, str] | None = None  # the dict sent upstream: re-injected per attempt
+        self.headers: dict[str, str] | None = None  # the dict sent upstream: each attempt sets its span
         self.attempts: list[_AttemptSpan] = []  # ended attempts (a relayed stream's ends in finish())
         self.content: dict[str, Any] | None = None
 
-    # the exporter's queue-item protocol, bound straight to the encoder (no wrapper frame)
-    encode = encode_request
-
-    def traceparent(self, span_id: bytes) -> str:
-        return f"00-{self.trace_id.hex()}-{span_id.hex()}-{'01' if self.sampled else '00'}"
+    def encode(self, enc: Encoder) -> tuple[bytes, int]:
+        rec = self.rec
+        self.rec = None  # encoded: no rec <-> req cycle from here on
+        return encode_request(self, rec, enc)  # type: ignore[arg-type]
 
     def propagate(self, headers: dict[str, str], span_id: bytes) -> None:
-        headers["traceparent"] = self.traceparent(span_id)
+        headers["traceparent"] = f"00-{self.trace_id.hex()}-{span_id.hex()}-01"
         if self.tracestate:
             headers["tracestate"] = self.tracestate
 
@@ -167,9 +165,8 @@ class Tracing:
         self.exporter = BatchExporter(Encoder(resource, "cohortgate.gateway", __version__), sender)
         self.sampler = sampler or Sampler(os.environ.get("OTEL_TRACES_SAMPLER", ""),
                                           os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
-        self._primaries: OrderedDict[int, tuple[RequestRecord, bytes, bytes, bool]] = OrderedDict()
-        # the proxy's per-attempt call goes straight to the span class (one Python frame less)
-        self.attempt_span = partial(_AttemptSpan, self)
+        # the proxy's per-attempt call goes straight to the span class (no wrapper frame)
+        self.attempt_span = _AttemptSpan
 
     @classmethod
     def from_env(cls, state: AppState) -> Tracing | None:
@@ -198,7 +195,9 @@ class Tracing:
 
     # ------------------------------------------------------------------ request hooks
     def begin(self, rec: RequestRecord, headers: Any) -> bool:
-        """Opens the request's context; returns whether it is sampled (recorded)."""
+        """Starts the request's trace; returns whether it is sampled (recorded). Sets `rec.trace`:
+        a `_Req` when sampled, else the (traceparent, tracestate) to pass upstream, the only
+        thing an unrecorded request needs (no span state, nothing to end)."""
         tp = headers.get("traceparent")
         parent = parse_traceparent(tp) if tp else None
         if parent is None:  # a new trace: the root sampler decides (on the trace id's low 64 bits)
@@ -206,43 +205,47 @@ class Tracing:
             if not (x >> 64 and x & _LOW64):  # all-zero ids are invalid (W3C)
                 x |= 1 << 64 | 1
             ids = x.to_bytes(24, "big")
-            req = _Req(rec, ids[:16], ids[16:], None, (x >> 64 & _LOW64) < self.sampler.bound, None)
-        else:
-            trace_id, parent_id, parent_sampled = parent
-            sampled = self.sampler.decide(trace_id, parent_sampled)
-            req = _Req(rec, trace_id, _span_id(), parent_id, sampled, headers.get("tracestate"))
-        req.token = _CUR.set(req)
-        return req.sampled
+            if (x >> 64 & _LOW64) < self.sampler.bound:
+                rec.trace = _Req(ids[:16], ids[16:], None, None)
+                return True
+            h = ids.hex()
+            rec.trace = (f"00-{h[:32]}-{h[32:]}-00", None)
+            return False
+        trace_id, parent_id, parent_sampled = parent
+        if self.sampler.decide(trace_id, parent_sampled):
+            rec.trace = _Req(trace_id, _span_id(), parent_id, headers.get("tracestate"))
+            return True
+        rec.trace = (f"00-{trace_id.hex()}-{_span_id().hex()}-00", headers.get("tracestate"))
+        return False
 
-    def inject(self, headers: dict[str, str]) -> None:
-        req = _CUR.get()
-        if req is not None:
-            req.headers = headers
-            # a sampled request's attempts each set their own span as the parent (attempt_span);
-            # otherwise (unsampled, or a shadow call) the upstream's parent is this context's span
-            if not req.sampled or req.rec is None:
-                req.propagate(headers, req.span_id)
+    def inject(self, headers: dict[str, str], rec: RequestRecord | None = None) -> None:
+        """Trace context for a call upstream: of `rec` (a client request), else of the shadow call
+        current in this task."""
+        t = rec.trace if rec is not None else _CUR.get()
+        if t is None:
+            return
+        if isinstance(t, tuple):  # unsampled: pass the context on
+            headers["traceparent"] = t[0]
+            if t[1]:
+                headers["tracestate"] = t[1]
+        elif rec is not None:  # recorded: each attempt's span becomes the upstream's parent
+            t.headers = headers
+        else:  # a shadow call: its span is the parent
+            t.propagate(headers, t.span_id)
 
     def finish(self, rec: RequestRecord) -> None:
-        req = _CUR.get()
-        if req is None or req.rec is not rec:
-            log.warning("tracing: finish() for request %s without its begin() context", rec.request_id)
+        req = rec.trace
+        if type(req) is not _Req or req.end:  # unsampled, or finished already
             return
-        if req.sampled:
-            output = getattr(rec, "output", None)  # the proxy keeps the answer for mirrored requests
-            if output is not None and (req.content is None or "gen_ai.output.messages" not in req.content):
-                self.record_content(rec, None, output)  # needs the context: before the reset
-        try:
-            _CUR.reset(req.token)
-        except ValueError:  # not the context begin() ran in: leave the variable, it dies with the task
-            pass
-        if not req.sampled:  # nothing recorded (and no attempt span was opened)
-            return
+        output = rec.output  # the proxy keeps the answer for mirrored requests
+        if output is not None and (req.content is None or "gen_ai.output.messages" not in req.content):
+            self.record_content(rec, None, output)
         req.end = end = time.time_ns()
         for att in req.attempts:
             if att.outcome is None:  # the relayed stream: it ends with the request
                 att.end = end
                 att.outcome = _ok_outcome(rec)
+        req.rec = rec
         self.exporter.submit(req)
 
     def record_content(self, rec: RequestRecord, body: dict[str, Any] | None,
@@ -251,8 +254,8 @@ class Tracing:
         message) for the request's span, when the policy opts in (`telemetry.record_content`);
         a no-op otherwise. May be called twice (input first, output later). Without a call,
         the span still gets the output from `rec.output` when the proxy kept it."""
-        req = _CUR.get()
-        if req is None or req.rec is not rec or not self._record_content():
+        req = rec.trace
+        if type(req) is not _Req or not self._record_content():
             return
         c = req.content if req.content is not None else {}
         if body is not None:
@@ -275,12 +278,12 @@ class Tracing:
         `shadow` (the shadow call's own RequestRecord) is given, its usage, response model, time
         to first chunk and finish reasons are added at the end. An exception leaving the block
         marks the span failed (error.type = its `reason` or class name) and is re-raised."""
-        primary = self._primary(rec)
+        primary = rec.trace  # a _Req when the request was recorded, a tuple when not
         client = self.state.runtime.upstreams.get(upstream_name) if self.state is not None else None
         model = client.spec.model if client is not None else upstream_name
         trace_id = (_rand.getrandbits(128) or 1).to_bytes(16, "big")
-        sampled = primary[2] if primary is not None else self.sampler.root(trace_id)
-        req = _Req(None, trace_id, _span_id(), None, sampled, None)
+        sampled = type(primary) is _Req or (primary is None and self.sampler.root(trace_id))
+        req = _Req(trace_id, _span_id(), None, None)
         span = SpanData(trace_id, req.span_id, None, f"{rec.operation} {model}", CLIENT, req.start, 0)
         span.attrs = {
             "gen_ai.operation.name": rec.operation, "gen_ai.request.model": model,
@@ -292,9 +295,10 @@ class Tracing:
         if client is not None:
             span.attrs["gen_ai.provider.name"] = client.spec.provider
             span.attrs.update(server_attrs(client))
-        if primary is not None:
-            span.links = [(primary[0], primary[1], {"cohortgate.link": "primary"})]
-        token = _CUR.set(req)
+        if type(primary) is _Req:
+            span.links = [(primary.trace_id, primary.span_id, {"cohortgate.link": "primary"})]
+        # current for inject(): the shadow's span is the upstream's parent, or, unrecorded, only passed on
+        token = _CUR.set(req if sampled else (f"00-{trace_id.hex()}-{req.span_id.hex()}-00", None))
         try:
             yield span
         except BaseException as exc:
@@ -313,23 +317,8 @@ class Tracing:
                     span.attrs["gen_ai.response.time_to_first_chunk"] = shadow.ttft_s
                 if shadow.finish_reasons:
                     span.attrs["gen_ai.response.finish_reasons"] = [str(r) for r in shadow.finish_reasons]
-            if req.sampled:
+            if sampled:
                 self.exporter.submit(span)
-
-    def _remember_primary(self, rec: RequestRecord, req: _Req) -> None:
-        self._primaries[id(rec)] = (rec, req.trace_id, req.span_id, req.sampled)
-        while len(self._primaries) > _SHADOW_LINKS:
-            self._primaries.popitem(last=False)
-
-    def _primary(self, rec: RequestRecord) -> tuple[bytes, bytes, bool] | None:
-        """(trace id, span id, sampled) of the request span of `rec`, if known."""
-        req = _CUR.get()
-        if req is not None and req.rec is rec:  # the mirror runs inside the request's context
-            return req.trace_id, req.span_id, req.sampled
-        hit = self._primaries.get(id(rec))
-        if hit is not None and hit[0] is rec:  # identity check: ids of dead records are reused
-            return hit[1], hit[2], hit[3]
-        return None
 
 
 def _ok_outcome(rec: RequestRecord) -> str:
@@ -340,25 +329,25 @@ def _ok_outcome(rec: RequestRecord) -> str:
 
 
 class _AttemptSpan:
-    """CLIENT span around one upstream attempt (a plain class: cheaper than @contextmanager); once
-    ended it is the attempt's record in `_Req.attempts`, encoded with the request's spans."""
+    """CLIENT span around one upstream attempt of a recorded request (a plain class: cheaper than
+    @contextmanager); once ended it is the attempt's record in `_Req.attempts`, encoded with the
+    request's spans."""
 
-    __slots__ = ("t", "rec", "client", "n", "req", "span_id", "start", "end", "outcome", "status")
+    __slots__ = ("rec", "client", "n", "req", "span_id", "start", "end", "outcome", "status")
 
-    def __init__(self, t: Tracing, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> None:
-        self.t, self.rec, self.client = t, rec, client
+    def __init__(self, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> None:
+        self.rec: RequestRecord | None = rec
+        self.client = client
         self.n = len(rec.attempts)  # a is already appended: this is its 1-based number
         self.req: _Req | None = None
         self.outcome: str | None = None
         self.status: int | None = None
 
     def __enter__(self) -> _AttemptSpan:
-        req = _CUR.get()
-        if req is None or req.rec is not self.rec:
+        req = self.rec.trace  # type: ignore[union-attr]
+        if type(req) is not _Req:
             return self
         self.req = req
-        if self.rec.mirrored and self.n == 1:  # the shadow may start before the primary ends
-            self.t._remember_primary(self.rec, req)
         self.span_id = sid = (_rand.getrandbits(64) or 1).to_bytes(8, "big")
         self.start = time.time_ns()
         h = req.headers
@@ -369,15 +358,16 @@ class _AttemptSpan:
         return self
 
     def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
-        req = self.req
-        if req is None:
+        req, rec = self.req, self.rec
+        if req is None or rec is None:
             return
         self.end = time.time_ns()
         if exc is not None:
             self.outcome = str(getattr(exc, "reason", None) or type(exc).__name__)
             self.status = upstream_status(exc)
-        elif not self.rec.stream:
-            self.outcome = _ok_outcome(self.rec)
+        elif not rec.stream:
+            self.outcome = _ok_outcome(rec)
         # else: the stream is still being relayed; finish() ends the span (outcome None until then)
         req.attempts.append(self)
-        self.req = None  # no req <-> attempt cycle: a traced request leaves no cyclic garbage
+        # rec.trace -> req -> attempts -> self: keeping rec or req would close a reference cycle
+        self.req = self.rec = None

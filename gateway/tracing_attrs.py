@@ -70,14 +70,12 @@ def _hashable(params: dict[str, Any]) -> tuple[Any, ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())
 
 
-def encode_request(req: _Req, enc: Encoder) -> tuple[bytes, int]:
+def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, int]:
     """The request's SERVER span and one CLIENT span per upstream attempt, framed for the export
     request. What repeats across requests (name, operation, models, cohort, route, outcome,
     request parameters...) is a cached block per distinct combination; per request only the ids,
     times, request id and token counts are encoded. Written inline: this runs for every traced
     request, and each Python call here costs about as much as the bytes work it would save."""
-    rec = req.rec
-    assert rec is not None
     tid, sid = req.trace_id, req.span_id
     blocks = enc.blocks
     spans = []
