@@ -266,25 +266,37 @@ def uniform(key: tuple[object, ...], offset: int, count: int) -> torch.Tensor:
     (numpy) seeded by a hash of (key, block index), so any chunking of a tensor sees the same
     numbers. A block read from its start is generated straight into the result (numpy draws
     sequentially, so its first `take` numbers are those of the full block). The PCG64 draws
-    themselves (~4 ns each) are most of a DARE merge's CPU time; numpy's vectorised
-    `random_raw` or `integers` paths are no faster."""
+    are most of a DARE merge's CPU time: they are taken from the generator's raw 64-bit outputs
+    (`_uniform_prefix`, the same numbers as `Generator.random`, ~40% cheaper)."""
     import torch
 
     return torch.from_numpy(uniform_np(key, offset, count))
 
 
 def uniform_np(key: tuple[object, ...], offset: int, count: int) -> np.ndarray:
-    """`uniform` as a numpy array (the torch-free engine's twin; the same numbers)."""
+    """`uniform` as a numpy array (the same numbers; `uniform` wraps it)."""
     view = np.empty(count, dtype=np.float32)
     pos = 0
     while pos < count:
         el = offset + pos
         b, inner = divmod(el, RNG_BLOCK)
-        gen = np.random.Generator(np.random.PCG64(_block_seed(key, b)))
         take = min(RNG_BLOCK - inner, count - pos)
-        if inner == 0:
-            gen.random(take, dtype=np.float32, out=view[pos : pos + take])
-        else:
-            view[pos : pos + take] = gen.random(inner + take, dtype=np.float32)[inner:]
+        _uniform_prefix(np.random.PCG64(_block_seed(key, b)), inner, take, view[pos : pos + take])
         pos += take
     return view
+
+
+_F32_UNIT = np.float32(2.0**-24)
+
+
+def _uniform_prefix(bits: np.random.PCG64, skip: int, take: int, out: np.ndarray) -> None:
+    """Draws [skip, skip + take) of `Generator(bits).random(dtype=float32)` into `out`, from the
+    bit generator's raw 64-bit outputs: numpy's float32 draw takes the next 32 bits (the low,
+    then the high half of each 64-bit output), keeps the top 24 and scales them by 2^-24
+    (exact). `random_raw` makes one 64-bit draw per two floats at ~half the cost of `random`
+    (checked against `random` in tests/merge/test_np_engine.py)."""
+    raw = bits.random_raw((skip + take + 1) // 2)
+    u = raw.view(np.uint32)[skip : skip + take]
+    np.right_shift(u, np.uint32(8), out=u)
+    np.copyto(out, u, casting="unsafe")  # < 2^24: exact in float32
+    out *= _F32_UNIT

@@ -198,3 +198,23 @@ def test_trim_np_is_hardshrink_bit_for_bit(threshold: float | None) -> None:
     want = trim(torch.from_numpy(d.copy()), threshold).numpy()
     got = trim_np(d.copy(), threshold)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_uniform_draws_are_numpys_float32_stream() -> None:
+    """DARE's documented random stream: block b of key K is Generator(PCG64(seed(K, b)))
+    .random(dtype=float32); the faster raw-output path must give exactly those numbers."""
+    import numpy as np
+
+    from merge.methods.base import RNG_BLOCK, _block_seed, _uniform_prefix, uniform_np
+
+    for seed in range(20):
+        for skip, take in [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (3, 7), (0, 65536), (12345, 53191), (65535, 1)]:
+            want = np.random.Generator(np.random.PCG64(seed)).random(skip + take, dtype=np.float32)[skip:]
+            got = np.empty(take, np.float32)
+            _uniform_prefix(np.random.PCG64(seed), skip, take, got)
+            assert np.array_equal(want.view(np.uint32), got.view(np.uint32)), (seed, skip, take)
+    key = (3, "model.layers.0.mlp.up_proj.weight", 1)
+    offset, count = RNG_BLOCK - 5, RNG_BLOCK + 17  # spans three blocks, starting mid-block
+    want = np.concatenate([np.random.Generator(np.random.PCG64(_block_seed(key, b))).random(RNG_BLOCK, np.float32)
+                           for b in range(3)])[offset - 0 : offset + count]
+    assert np.array_equal(uniform_np(key, offset, count), want)
