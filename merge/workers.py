@@ -22,6 +22,34 @@ class Cancelled(Exception):
     pass
 
 
+def processing_order(sizes: list[int], workers: int) -> list[int]:
+    """The order the workers take the planned tensors in (indices into the plan; `sizes`: the
+    elements of each). The plan's order (input file, then byte offset) is the order the disk
+    reads the inputs ahead, so it is kept, except for outsized tensors (over 8× the median: the
+    embeddings): one with less than 2·(workers − 1) times its own size left after it moves
+    earlier until that much is. lm_head, in the last shard, was otherwise merged by one worker
+    while the others had nothing left (~0.5 s of a 470M-parameter TIES merge). Moving it costs no
+    disk time: its reads wait for the read-ahead already queued in file order. Outputs do not
+    depend on the order (every tensor's place in the output files is fixed by the plan)."""
+    order = list(range(len(sizes)))
+    if not sizes:
+        return order
+    median = sorted(sizes)[len(sizes) // 2]
+    for i in sorted((k for k in range(len(sizes)) if sizes[k] > 8 * median), key=lambda k: -k):
+        need = 2 * max(workers - 1, 0) * sizes[i]
+        pos = order.index(i)
+        after = sum(sizes[k] for k in order[pos + 1 :])
+        if after >= need:
+            continue
+        order.pop(pos)
+        j = pos
+        while j > 0 and after < need:
+            j -= 1
+            after += sizes[order[j]]
+        order.insert(j, i)
+    return order
+
+
 class WorkerPool:
     def __init__(self, plan: Plan, writer: ShardedWriter, workers: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None) -> None:
@@ -35,6 +63,7 @@ class WorkerPool:
         self.errors: list[BaseException] = []
         self._next = 0
         self._lock = threading.Lock()
+        self.order = processing_order([tp.job.numel for tp in plan.tensors], self.workers)
         _tune_malloc()
 
     def process(self, tp: TensorPlan) -> None:
@@ -44,8 +73,8 @@ class WorkerPool:
         _trim()
 
     def _advise(self, index: int) -> None:
-        for tp in self.plan.tensors[index: index + READ_AHEAD_TENSORS]:
-            for ref in tp.inputs:
+        for i in self.order[index: index + READ_AHEAD_TENSORS]:
+            for ref in self.plan.tensors[i].inputs:
                 files = self.plan.sources[ref.source].files
                 files.advise(files.tensors[ref.name])
 
@@ -55,10 +84,10 @@ class WorkerPool:
                 with self._lock:
                     i = self._next
                     self._next += 1
-                if i >= len(self.plan.tensors):
+                if i >= len(self.order):
                     return
                 self._advise(i + 1)
-                tp = self.plan.tensors[i]
+                tp = self.plan.tensors[self.order[i]]
                 self.process(tp)
                 self.after_tensor()
                 if self.on_progress:

@@ -218,3 +218,19 @@ def test_uniform_draws_are_numpys_float32_stream() -> None:
     want = np.concatenate([np.random.Generator(np.random.PCG64(_block_seed(key, b))).random(RNG_BLOCK, np.float32)
                            for b in range(3)])[offset - 0 : offset + count]
     assert np.array_equal(uniform_np(key, offset, count), want)
+
+
+def test_processing_order_moves_an_outsized_last_tensor_earlier() -> None:
+    from merge.workers import processing_order
+
+    sizes = [100] * 300 + [5000] + [100] * 3  # embeddings-like tensor near the end
+    order = processing_order(sizes, workers=3)
+    assert sorted(order) == list(range(len(sizes)))
+    pos = order.index(300)
+    assert sum(sizes[k] for k in order[pos + 1 :]) == 2 * 2 * 5000  # just enough left for the others
+    others = [k for k in order if k != 300]
+    assert others == sorted(others)  # everything else keeps the plan's (disk) order
+    assert processing_order([100] * 5, workers=3) == list(range(5))
+    assert processing_order([], workers=3) == []
+    # too big to ever have enough after it: it goes first
+    assert processing_order([10, 10, 10, 1000], workers=2)[0] == 3
