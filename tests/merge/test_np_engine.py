@@ -142,8 +142,9 @@ def test_plans_the_numpy_engine_covers(tmp_path: Path, models: dict[str, Path]) 
     assert not np_engine.supports(plan(breadcrumbs))
 
 
-def test_numpy_engine_merge_never_imports_torch(tmp_path: Path, models: dict[str, Path]) -> None:
-    cfg = write_yaml(tmp_path / "lin.yaml", _cases(models)["linear-uneven"])
+@pytest.mark.parametrize("case", ["linear-uneven", "ties", "dare-ties"])
+def test_numpy_engine_merge_never_imports_torch(case: str, tmp_path: Path, models: dict[str, Path]) -> None:
+    cfg = write_yaml(tmp_path / "cfg.yaml", _cases(models)[case])
     code = ("import sys; from merge.cli import command\n"
             f"command.main([{str(cfg)!r}, {str(tmp_path / 'out')!r}, '--no-progress'], standalone_mode=False)\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
