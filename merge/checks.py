@@ -160,6 +160,19 @@ def check_lineage(plan: Plan) -> None:
                 override="--allow-unrelated-base")
 
 
+def lineage_check_bytes(plan: Plan) -> int:
+    """Memory the lineage check holds (before the merge starts): the probe tensor of the base and
+    of one source in float32, one raw read and the float64 norm blocks."""
+    if plan.base is None or not plan.method.needs_base or plan.options.allow_unrelated_base:
+        return 0
+    probe = _probe_tensor(plan)
+    if probe is None:
+        return 0
+    info = plan.sources[plan.base].files.tensors[probe]
+    n = info.rows * info.row_elems
+    return n * (4 + 4 + info.itemsize) + 2 * (8 << 20)
+
+
 def _norm(x: np.ndarray) -> float:
     """Euclidean norm, summed in float64 over 1M-element blocks (bounded temporaries). Not
     np.linalg.norm: its BLAS call would wake OpenBLAS's threads on the merge's cores."""

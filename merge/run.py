@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from merge import card, provenance
+from merge import card, checks, provenance
 from merge.methods.base import WHOLE_SELECT, Method
 from merge.plan import Plan
 from merge.st_io import ST_DTYPES
@@ -28,6 +28,7 @@ from merge.workers import WorkerPool
 from merge.writer import AtomicDir, ShardedWriter, TensorSlot, check_destination, plan_layout
 
 RUNTIME_BASE_BYTES = 320 << 20  # measured RSS of Python + torch + numpy before any tensor work
+NUMPY_BASE_BYTES = 60 << 20  # the same without torch (the numpy engine): 45 MB measured, + progress/hashing
 
 
 def _workers() -> int:
@@ -36,7 +37,18 @@ def _workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) + 1))
 
 
+def _uses_numpy_engine(plan: Plan) -> bool:
+    from merge import np_engine
+
+    return os.environ.get("COHORTGATE_MERGE_ENGINE", "auto") != "torch" and np_engine.supports(plan)
+
+
 def estimate_peak(plan: Plan, workers: int) -> int:
+    """Peak RSS estimate: the runtime plus, per worker, the largest working set of one tensor
+    (its chunk of every input, the compute temporaries, and the buffers of magnitude selection)."""
+    from merge import np_engine
+
+    numpy_engine = _uses_numpy_engine(plan)
     worst = 0
     chunk = plan.options.chunk_elems
     for tp in plan.tensors:
@@ -45,14 +57,23 @@ def estimate_peak(plan: Plan, workers: int) -> int:
         row = n // max(rows, 1)
         elems = n if tp.method.needs_whole(tp.job) else min(n, max(row, (chunk // max(row, 1)) * row))
         n_in = len(tp.inputs)
-        # fp32 inputs + raw reads + deltas/masks/temporaries of the combination step
-        need = elems * (4 * n_in + 2 * n_in + 4 * (n_in + 6))
+        if numpy_engine:
+            # raw chunk reads (≤ 4 bytes/value) + the bf16 output chunk; fp32 blocks of every input,
+            # output, scratch and the methods' few block-sized temporaries
+            need = elems * (4 * n_in + 2) + np_engine.COMPUTE_BLOCK * 4 * (n_in + 8)
+            if type(tp.method).stats is not Method.stats and n <= np_engine.KEEP_RAW_ELEMS:
+                need += n * 4 * n_in  # raw inputs kept between the two passes
+        else:
+            # fp32 inputs + raw reads + deltas/masks/temporaries of the combination step
+            need = elems * (4 * n_in + 2 * n_in + 4 * (n_in + 6))
         if type(tp.method).stats is not Method.stats:
             # magnitude selection copies |δ| of tensors up to WHOLE_SELECT elements (pooled
             # buffers, at most two workers at once), else keeps a bracket of ~5%
             need += (min(n, WHOLE_SELECT) * 4 + (n // 20) * 4) * (n_in - 1)
         worst = max(worst, need)
-    return RUNTIME_BASE_BYTES + workers * worst
+    base = NUMPY_BASE_BYTES if numpy_engine else RUNTIME_BASE_BYTES
+    # the lineage check runs (and frees its buffers) before the workers start
+    return base + max(workers * worst, checks.lineage_check_bytes(plan))
 
 
 def dry_run(plan: Plan) -> dict[str, Any]:
@@ -131,9 +152,9 @@ def execute(plan: Plan, out: Path, force: bool, progress: bool = True, argv: lis
 def _engine(plan: Plan, writer: ShardedWriter, on_progress: Callable[[int, int], None]) -> WorkerPool:
     """The torch-free engine where it covers every tensor (set COHORTGATE_MERGE_ENGINE=torch to
     force the torch one, e.g. to compare them), else the torch engine."""
-    from merge import np_engine
+    if _uses_numpy_engine(plan):
+        from merge import np_engine
 
-    if os.environ.get("COHORTGATE_MERGE_ENGINE", "auto") != "torch" and np_engine.supports(plan):
         return np_engine.NumpyEngine(plan, writer, on_progress=on_progress)
     from merge.engine import Engine
 

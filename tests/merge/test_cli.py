@@ -392,3 +392,32 @@ def test_bin_checkpoints_are_refused_then_converted_safely(tmp_path: Path, model
     assert ".bin" in msg and "merge.st_io" in msg
     convert_bin(d)  # torch.load(weights_only=True): no arbitrary pickle code runs
     assert merge(tmp_path / "c.yaml", tmp_path / "out").exit_code == 0
+
+
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_dry_run_peak_memory_estimate_bounds_the_measured_peak(tmp_path: Path, engine: str) -> None:
+    """`--dry-run`'s estimate knows which engine will run (the torch-free one needs no torch
+    runtime) and is not below the peak RSS the merge then has."""
+    base = make_llama(tmp_path / "base", 0, dtype="bfloat16")
+    fts = [make_llama(tmp_path / f"ft{i}", i, base_of=base, dtype="bfloat16") for i in (1, 2)]
+    cfg = write_yaml(tmp_path / "ties.yaml", {
+        "merge_method": "ties", "base_model": str(base), "dtype": "bfloat16",
+        "models": [{"model": str(f), "parameters": {"weight": 1.0, "density": 0.5}} for f in fts]})
+    env = {**os.environ, "COHORTGATE_MERGE_ENGINE": engine}
+    dry = subprocess.run([sys.executable, "-m", "merge.cli", str(cfg), str(tmp_path / "x"), "--dry-run", "--json"],
+                         capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    estimate = json.loads(dry.stdout)["peak_memory_bytes_estimate"]
+    # the merge as the only child of a fresh interpreter: RUSAGE_CHILDREN is then its own peak
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+            " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
+    r = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "merge.cli", str(cfg),
+                        str(tmp_path / f"out-{engine}"), "--no-progress"],
+                       capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    peak = int(r.stdout.split()[-1])
+    assert peak <= estimate, (peak, estimate)
+    if engine == "auto":
+        assert estimate < 150e6  # no torch runtime in it
+    else:
+        assert estimate > 300e6
