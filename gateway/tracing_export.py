@@ -307,6 +307,7 @@ class BatchExporter:
         self.encode_s = 0.0  # time in encode_pending (on the event loop, which does nothing else then)
         self._wake = threading.Event()
         self._stop = False
+        self._force = False  # flush(): send the partial batch too
         self._thread = threading.Thread(target=self._run, name="cohortgate-otlp", daemon=True)
         self._thread.start()
 
@@ -344,16 +345,19 @@ class BatchExporter:
 
     def _run(self) -> None:
         while not self._stop:
-            self._wake.wait(self.delay)
+            woke = self._wake.wait(self.delay)
             self._wake.clear()
+            force, self._force = self._force, False  # read after clear(): see flush()
             t0 = time.thread_time()
-            self._drain()
+            # woken by a full batch: send full batches only; the spans encoded meanwhile wait
+            # for the next one (else every full batch dragged a tail of tiny POSTs behind it)
+            self._drain(full_only=woke and not force)
             self.cpu_s += time.thread_time() - t0
-        self._drain()
+        self._drain(full_only=False)
 
-    def _drain(self) -> None:
+    def _drain(self, full_only: bool) -> None:
         q = self.queue
-        while q:
+        while q and (not full_only or self.encoded - self.exported >= self.batch):
             out: list[bytes] = []
             n = 0
             while q and n < self.batch:
@@ -367,6 +371,7 @@ class BatchExporter:
         """Export what is queued now (tests); returns when the queue is empty or after timeout."""
         self.encode_pending()
         deadline = time.monotonic() + timeout
+        self._force = True  # before the wake-up: the thread reads it after clearing the event
         self._wake.set()
         while self.queue and time.monotonic() < deadline:
             time.sleep(0.01)
