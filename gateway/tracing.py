@@ -64,6 +64,7 @@ _LOW64 = 0xFFFFFFFFFFFFFFFF
 def _span_id() -> bytes:
     return (_rand.getrandbits(64) or 1).to_bytes(8, "big")
 
+
 def configured() -> bool:
     """True when the standard OTEL_* variables ask for OTLP trace export."""
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":

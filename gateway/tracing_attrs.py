@@ -66,8 +66,21 @@ _RID_KEY = ld(1, b"cohortgate.request_id")
 _RID_LEN = len(_RID_KEY) + 4
 
 
+_UNHASHABLE = object()  # tags a repr in a cache key: no JSON value can equal it
+
+
 def _hashable(params: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())
+    """Request parameters as a cache key: lists as tuples; what still does not hash (a client's
+    nested lists or objects) as its tagged repr."""
+    out = []
+    for k, v in params.items():
+        key = tuple(v) if isinstance(v, list) else v
+        try:
+            hash(key)
+        except TypeError:
+            key = (_UNHASHABLE, repr(v))
+        out.append((k, key))
+    return tuple(out)
 
 
 def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, int]:

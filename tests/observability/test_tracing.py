@@ -519,3 +519,30 @@ def test_a_full_batch_does_not_drag_tiny_posts_behind_it(monkeypatch):
     finally:
         release.set()
         ex.shutdown()
+
+
+def test_odd_request_parameter_values_still_give_a_span(otlp, caplog):
+    """Span blocks are cached by the request's parameters: values JSON allows but a dict key does
+    not (nested lists, objects) must not cost the span."""
+    import logging
+
+    from gateway.request import Attempt, RequestRecord
+    from gateway.tracing import Tracing
+    from gateway.tracing_send import make_sender
+
+    t = Tracing(None, make_sender())
+    with caplog.at_level(logging.ERROR, "cohortgate.tracing"):
+        for i, params in enumerate(({"stop": ["a", "b"]}, {"stop": [["x"]]}, {"temperature": {"a": 1}},
+                                    {"stop": "['a', 'b']"})):
+            rec = RequestRecord(f"req_params_{i}", operation="chat", alias="m", request_params=params)
+            t.begin(rec, {})
+            rec.attempts.append(Attempt("a", "a-served"))
+            rec.input_tokens, rec.output_tokens = 1, 2
+            t.finish(rec)
+        t.exporter.shutdown()
+    assert not caplog.records
+    spans = otlp.wait_for(lambda sp: len(sp) >= 4)
+    stops = {s["attributes"]["cohortgate.request_id"]: s["attributes"].get("gen_ai.request.stop_sequences")
+             for s in spans}
+    assert stops == {"req_params_0": ["a", "b"], "req_params_1": ["['x']"], "req_params_2": None,
+                     "req_params_3": ["['a', 'b']"]}
