@@ -65,6 +65,10 @@ def _span_id() -> bytes:
     return (_rand.getrandbits(64) or 1).to_bytes(8, "big")
 
 
+def _traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> str:
+    return f"00-{trace_id.hex()}-{span_id.hex()}-{'01' if sampled else '00'}"
+
+
 def configured() -> bool:
     """True when the standard OTEL_* variables ask for OTLP trace export."""
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -147,7 +151,7 @@ class _Req:
         return encode_request(self, rec, enc)  # type: ignore[arg-type]
 
     def propagate(self, headers: dict[str, str], span_id: bytes) -> None:
-        headers["traceparent"] = f"00-{self.trace_id.hex()}-{span_id.hex()}-01"
+        headers["traceparent"] = _traceparent(self.trace_id, span_id, True)
         if self.tracestate:
             headers["tracestate"] = self.tracestate
 
@@ -209,14 +213,13 @@ class Tracing:
             if (x >> 64 & _LOW64) < self.sampler.bound:
                 rec.trace = _Req(ids[:16], ids[16:], None, None)
                 return True
-            h = ids.hex()
-            rec.trace = (f"00-{h[:32]}-{h[32:]}-00", None)
+            rec.trace = (_traceparent(ids[:16], ids[16:], False), None)
             return False
         trace_id, parent_id, parent_sampled = parent
         if self.sampler.decide(trace_id, parent_sampled):
             rec.trace = _Req(trace_id, _span_id(), parent_id, headers.get("tracestate"))
             return True
-        rec.trace = (f"00-{trace_id.hex()}-{_span_id().hex()}-00", headers.get("tracestate"))
+        rec.trace = (_traceparent(trace_id, _span_id(), False), headers.get("tracestate"))
         return False
 
     def inject(self, headers: dict[str, str], rec: RequestRecord | None = None) -> None:
@@ -299,7 +302,7 @@ class Tracing:
         if type(primary) is _Req:
             span.links = [(primary.trace_id, primary.span_id, {"cohortgate.link": "primary"})]
         # current for inject(): the shadow's span is the upstream's parent, or, unrecorded, only passed on
-        token = _CUR.set(req if sampled else (f"00-{trace_id.hex()}-{req.span_id.hex()}-00", None))
+        token = _CUR.set(req if sampled else (_traceparent(trace_id, req.span_id, False), None))
         try:
             yield span
         except BaseException as exc:
@@ -349,13 +352,10 @@ class _AttemptSpan:
         if type(req) is not _Req:
             return self
         self.req = req
-        self.span_id = sid = (_rand.getrandbits(64) or 1).to_bytes(8, "big")
+        self.span_id = _span_id()
         self.start = time.time_ns()
-        h = req.headers
-        if h is not None:  # the upstream's parent is this attempt's span (recorded: flags 01)
-            h["traceparent"] = f"00-{req.trace_id.hex()}-{sid.hex()}-01"
-            if req.tracestate:
-                h["tracestate"] = req.tracestate
+        if req.headers is not None:  # the upstream's parent is this attempt's span
+            req.propagate(req.headers, self.span_id)
         return self
 
     def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:

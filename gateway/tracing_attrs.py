@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.request import RequestRecord
-from gateway.tracing_export import CLIENT, LENS, SERVER, SMALL, STATUS_ERROR, Encoder, ld, lenb, pack_times
+from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, Encoder, lenb, pack_times
 
 if TYPE_CHECKING:
     from gateway.tracing import _AttemptSpan, _Req
@@ -62,10 +62,6 @@ def usage(a: dict[str, Any], rec: RequestRecord) -> None:
         a["llm.token_count.total"] = tin + tout
 
 
-_RID_KEY = ld(1, b"cohortgate.request_id")
-_RID_LEN = len(_RID_KEY) + 4
-
-
 _UNHASHABLE = object()  # tags a repr in a cache key: no JSON value can equal it
 
 
@@ -87,8 +83,7 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
     """The request's SERVER span and one CLIENT span per upstream attempt, framed for the export
     request. What repeats across requests (name, operation, models, cohort, route, outcome,
     request parameters...) is a cached block per distinct combination; per request only the ids,
-    times, request id and token counts are encoded. Written inline: this runs for every traced
-    request, and each Python call here costs about as much as the bytes work it would save."""
+    times, request id and token counts are encoded. """
     tid, sid = req.trace_id, req.span_id
     blocks = enc.blocks
     spans = []
@@ -101,8 +96,7 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
             blk = _attempt_block(enc, key, rec, att, outcome, served)
         body = b"".join((b"\x0a\x10", tid, b"\x12\x08", att.span_id, b"\x22\x08", sid, blk,
                          pack_times(0x39, att.start, 0x41, att.end)))
-        n = len(body)
-        spans.append(b"\x12" + (LENS[n] if n < 4096 else lenb(n)) + body)
+        spans.append(b"\x12" + lenb(len(body)) + body)
     params = rec.request_params
     # request parameters and the classification reason usually repeat too (one client app, one rule)
     rkey = ("root", rec.operation, rec.alias, rec.stream, rec.outcome, len(rec.attempts), rec.mirrored,
@@ -116,12 +110,8 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
         blk = blocks.get(rkey)
     if blk is None:
         blk = _root_block(enc, rkey, rec, req)
-    rid = rec.request_id.encode()  # ASCII: proxy.new_request_id takes a client's id only so
-    n = len(rid)
     b = [b"\x0a\x10", tid, b"\x12\x08", sid, blk, pack_times(0x39, req.start, 0x41, req.end),
-         # KeyValue{key, AnyValue{string_value}}: one-byte lengths for ids up to 100 bytes
-         b"".join((b"\x4a", SMALL[n + _RID_LEN], _RID_KEY, b"\x12", SMALL[n + 2], b"\x0a", SMALL[n], rid))
-         if n <= 100 else enc.str_attr("cohortgate.request_id", rec.request_id)]
+         enc.str_attr("cohortgate.request_id", rec.request_id)]
     if req.parent_id is not None:
         b += (b"\x22\x08", req.parent_id)
     tin, tout = rec.input_tokens, rec.output_tokens
@@ -134,8 +124,7 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
         usage(a, rec)
         _root_extras(enc, b, rec, req, a)
     body = b"".join(b)
-    n = len(body)
-    spans.append(b"\x12" + (LENS[n] if n < 4096 else lenb(n)) + body)
+    spans.append(b"\x12" + lenb(len(body)) + body)
     return b"".join(spans), len(spans)
 
 

@@ -87,16 +87,16 @@ pack_double = struct.Struct("<d").pack
 pack_u64 = struct.Struct("<Q").pack
 # span start_time_unix_nano (field 7) and end (8), fixed64 with their tags: (0x39, start, 0x41, end)
 pack_times = struct.Struct("<BQBQ").pack
-SMALL = [bytes((i,)) for i in range(0x80)]
-LENS = [_varint(i) for i in range(4096)]  # span bodies are a few hundred bytes: lengths by lookup
+_SMALL = [bytes((i,)) for i in range(0x80)]
+_LENS = [_varint(i) for i in range(4096)]  # span bodies are a few hundred bytes: lengths by lookup
 
 
 def lenb(n: int) -> bytes:
     """`n` as a varint (a length prefix)."""
-    return LENS[n] if n < 4096 else _varint(n)
+    return _LENS[n] if n < 4096 else _varint(n)
 
 
-def ld(field: int, payload: bytes) -> bytes:
+def _ld(field: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
     return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
@@ -104,7 +104,7 @@ def ld(field: int, payload: bytes) -> bytes:
 def _any(v: Any) -> bytes:
     """common.v1.AnyValue: string 1, bool 2, int 3, double 4, array 5 (ArrayValue.values = 1)."""
     if isinstance(v, str):
-        return ld(1, v.encode("utf-8", "replace"))
+        return _ld(1, v.encode("utf-8", "replace"))
     if isinstance(v, bool):
         return b"\x10\x01" if v else b"\x10\x00"
     if isinstance(v, int):
@@ -112,20 +112,20 @@ def _any(v: Any) -> bytes:
     if isinstance(v, float):
         return b"\x21" + struct.pack("<d", v)
     if isinstance(v, list | tuple):
-        return ld(5, b"".join(ld(1, _any(x)) for x in v))
-    return ld(1, str(v).encode("utf-8", "replace"))
+        return _ld(5, b"".join(_ld(1, _any(x)) for x in v))
+    return _ld(1, str(v).encode("utf-8", "replace"))
 
 
 def _int_prefixes(key: str) -> tuple[bytes, bytes]:
     """Span attribute KeyValue bytes for `key` = an int of one / two varint bytes, minus those bytes."""
-    kb = ld(1, key.encode())
+    kb = _ld(1, key.encode())
     one = kb + b"\x12\x02\x18"  # value: AnyValue{int_value (3)} of 2 bytes
     two = kb + b"\x12\x03\x18"
     return (b"\x4a" + lenb(len(one) + 1) + one, b"\x4a" + lenb(len(two) + 2) + two)
 
 
 def _kv(field: int, key: str, v: Any) -> bytes:
-    return ld(field, ld(1, key.encode()) + ld(2, _any(v)))
+    return _ld(field, _ld(1, key.encode()) + _ld(2, _any(v)))
 
 
 class Encoder:
@@ -141,8 +141,8 @@ class Encoder:
         self._heads: dict[tuple[str, int], bytes] = {}  # (name, kind) -> encoded name + kind fields
         self._tokens: dict[tuple[int, int], bytes] = {}
         res = b"".join(_kv(1, k, v) for k, v in resource.items())
-        self._resource = ld(1, res)  # ResourceSpans.resource
-        self._scope = ld(1, ld(1, scope.encode()) + ld(2, version.encode()))  # ScopeSpans.scope
+        self._resource = _ld(1, res)  # ResourceSpans.resource
+        self._scope = _ld(1, _ld(1, scope.encode()) + _ld(2, version.encode()))  # ScopeSpans.scope
 
     def attrs(self, attrs: dict[str, Any]) -> bytes:
         """Span.attributes (field 9), inlined for the common value types. Whole KeyValues of
@@ -165,7 +165,7 @@ class Encoder:
                 if pre is None:
                     pre = ints[k] = _int_prefixes(k)
                 if v < 0x80:
-                    parts.append(pre[0] + SMALL[v])
+                    parts.append(pre[0] + _SMALL[v])
                 else:
                     parts.append(pre[1] + bytes(((v & 0x7F) | 0x80, v >> 7)))
                 continue
@@ -180,7 +180,7 @@ class Encoder:
                 av = _any(v)
             kb = keys.get(k)
             if kb is None:
-                kb = keys[k] = ld(1, k.encode())
+                kb = keys[k] = _ld(1, k.encode())
             inner = kb + b"\x12" + lenb(len(av)) + av
             parts.append(b"\x4a" + lenb(len(inner)) + inner)
         return b"".join(parts)
@@ -189,12 +189,12 @@ class Encoder:
         """One string attribute whose value is new for every span (a request id)."""
         kb = self._strs.get(key)
         if kb is None:
-            kb = self._strs[key] = ld(1, key.encode())
+            kb = self._strs[key] = _ld(1, key.encode())
         vb = value.encode("utf-8", "replace")
         n = len(vb)
         m = len(kb) + n + 4  # KeyValue{key, value: AnyValue{string_value}}
         if m < 0x80:  # one-byte lengths throughout (ids): one join, no varint calls
-            return b"".join((b"\x4a", SMALL[m], kb, b"\x12", SMALL[n + 2], b"\x0a", SMALL[n], vb))
+            return b"".join((b"\x4a", _SMALL[m], kb, b"\x12", _SMALL[n + 2], b"\x0a", _SMALL[n], vb))
         vl = lenb(n)
         inner = b"".join((kb, b"\x12", lenb(n + 1 + len(vl)), b"\x0a", vl, vb))
         return b"\x4a" + lenb(len(inner)) + inner
@@ -225,7 +225,7 @@ class Encoder:
             if len(self._heads) >= _CACHE_MAX:
                 self._heads.clear()
             nb = name.encode("utf-8", "replace")
-            head = self._heads[(name, kind)] = b"\x2a" + lenb(len(nb)) + nb + b"\x30" + SMALL[kind]
+            head = self._heads[(name, kind)] = b"\x2a" + lenb(len(nb)) + nb + b"\x30" + _SMALL[kind]
         return head
 
     @staticmethod
@@ -233,12 +233,12 @@ class Encoder:
         """Span.status (field 15: message 2, code 3); empty for UNSET."""
         if not code:
             return b""
-        return ld(15, (ld(2, msg.encode("utf-8", "replace")) if msg else b"") + b"\x18" + _varint(code))
+        return _ld(15, (_ld(2, msg.encode("utf-8", "replace")) if msg else b"") + b"\x18" + _varint(code))
 
     @staticmethod
     def events(events: list[tuple[str, int, dict[str, Any]]] | tuple[()]) -> bytes:
         """Span.events (field 11; Event: time 1 (fixed64), name 2, attributes 3)."""
-        return b"".join(ld(11, b"\x09" + pack_u64(t) + ld(2, name.encode())
+        return b"".join(_ld(11, b"\x09" + pack_u64(t) + _ld(2, name.encode())
                             + b"".join(_kv(3, k, v) for k, v in attrs.items() if v is not None))
                         for name, t, attrs in events)
 
@@ -253,7 +253,7 @@ class Encoder:
         if s.events:
             b.append(self.events(s.events))
         for tid, sid, attrs in s.links:  # Link: trace_id 1, span_id 2, attributes 4
-            b.append(ld(13, ld(1, tid) + ld(2, sid)
+            b.append(_ld(13, _ld(1, tid) + _ld(2, sid)
                          + b"".join(_kv(4, k, v) for k, v in attrs.items())))
         b.append(self.status(*s.status))
         body = b"".join(b)
