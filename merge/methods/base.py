@@ -119,6 +119,28 @@ class Method:
         return None
 
 
+def fma_kernel(first: float, coeffs: Sequence[float], kinds: list[str], load: str | None,
+               divide_by: float | None = None) -> NpKernel:
+    """numpy twin of `out = x0·first; out.add_(x_i, alpha=c_i) for i ≥ 1; out /= divide_by`, each
+    add_ one fused multiply-add as torch does it (`merge.npfloat.fma_scalar`): the kernel of
+    linear and of task arithmetic. `kinds`: the inputs' dtypes, `load`: the config's dtype."""
+    from merge.npfloat import fma_scalar, product_exact
+
+    a = np.float32(first)
+    terms = [(c, product_exact(c, k, load)) for c, k in zip(coeffs, kinds[1:], strict=True)]
+    d = None if divide_by is None else np.float32(divide_by)
+
+    def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray, offset: int, state: Any) -> np.ndarray:
+        np.multiply(xs[0], a, out=out)
+        for x, (c, exact) in zip(xs[1:], terms, strict=True):
+            fma_scalar(out, x, c, exact, tmp)
+        if d is not None:
+            out /= d
+        return out
+
+    return kernel
+
+
 def one_chunk(xs: Sequence[torch.Tensor]) -> Chunks:
     """A `Chunks` source over whole in-memory tensors (used by the pure functions)."""
     flat = [x.reshape(-1) for x in xs]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from merge.methods.base import Job, Method, NpKernel, Param
+from merge.methods.base import Job, Method, NpKernel, Param, fma_kernel
 
 if TYPE_CHECKING:  # torch is imported by the torch engine only when it runs
     import torch
@@ -49,23 +49,6 @@ class Linear(Method):
         return linear(xs, [p["weight"] for p in job.per_model], job.shared["normalize"])
 
     def numpy_kernel(self, job: Job, kinds: list[str], load: str | None) -> NpKernel | None:
-        import numpy as np
-
-        from merge.npfloat import fma_scalar, product_exact
-
+        # linear(): out = x0·w0; out.add_(x_i, alpha=w_i); out /= Σw
         w = [p["weight"] for p in job.per_model]
-        normalize = bool(job.shared["normalize"])
-        total = np.float32(float(sum(w)))
-        first = np.float32(w[0])
-        rest = [(c, product_exact(c, k, load)) for c, k in zip(w[1:], kinds[1:], strict=True)]
-
-        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray, offset: int, state: Any) -> np.ndarray:
-            # linear(): out = x0·w0; out.add_(x_i, alpha=w_i) (fused); out /= Σw
-            np.multiply(xs[0], first, out=out)
-            for x, (c, exact) in zip(xs[1:], rest, strict=True):
-                fma_scalar(out, x, c, exact, tmp)
-            if normalize:
-                out /= total
-            return out
-
-        return kernel
+        return fma_kernel(w[0], w[1:], kinds, load, float(sum(w)) if job.shared["normalize"] else None)

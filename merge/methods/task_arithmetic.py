@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from merge.methods._deltas import check_weights
-from merge.methods.base import Job, Method, NpKernel, Param
+from merge.methods.base import Job, Method, NpKernel, Param, fma_kernel
 
 if TYPE_CHECKING:  # torch is imported by the torch engine only when it runs
     import torch
@@ -57,20 +57,7 @@ class TaskArithmetic(Method):
                                job.shared["normalize"])
 
     def numpy_kernel(self, job: Job, kinds: list[str], load: str | None) -> NpKernel | None:
-        import numpy as np
-
-        from merge.npfloat import fma_scalar, product_exact
-
+        # task_arithmetic(): out = base·(1 − Σc); out.add_(x_i, alpha=c_i)
         coeffs = affine_coefficients([p["weight"] for p in job.per_model], job.shared["lambda"],
                                      job.shared["normalize"])
-        base_coeff = np.float32(1.0 - sum(coeffs))
-        terms = [(c, product_exact(c, k, load)) for c, k in zip(coeffs, kinds[1:], strict=True)]
-
-        def kernel(xs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray, offset: int, state: Any) -> np.ndarray:
-            # task_arithmetic(): out = base·(1 − Σc); out.add_(x_i, alpha=c_i) (fused)
-            np.multiply(xs[0], base_coeff, out=out)
-            for x, (c, exact) in zip(xs[1:], terms, strict=True):
-                fma_scalar(out, x, c, exact, tmp)
-            return out
-
-        return kernel
+        return fma_kernel(1.0 - sum(coeffs), coeffs, kinds, load)
