@@ -122,10 +122,18 @@ def plan_tokenizer(plan: Plan) -> dict[str, Any]:
     return out
 
 
+def _lineage_base(plan: Plan) -> int | None:
+    """The base whose lineage the sources must share, when the method needs one and it is checked."""
+    if plan.method.needs_base and not plan.options.allow_unrelated_base:
+        return plan.base
+    return None
+
+
 def check_lineage(plan: Plan) -> None:
-    if plan.base is None or not plan.method.needs_base or plan.options.allow_unrelated_base:
+    b_idx = _lineage_base(plan)
+    if b_idx is None:
         return
-    base = plan.sources[plan.base]
+    base = plan.sources[b_idx]
     base_names = {str(base.path), base.path.name, str(base.config.get("_name_or_path", "")), base.ref.path}
     base_names.discard("")
     for i, s in enumerate(plan.sources):
@@ -163,12 +171,11 @@ def check_lineage(plan: Plan) -> None:
 def lineage_check_bytes(plan: Plan) -> int:
     """Memory the lineage check holds (before the merge starts): the probe tensor of the base and
     of one source in float32, one raw read and the float64 norm blocks."""
-    if plan.base is None or not plan.method.needs_base or plan.options.allow_unrelated_base:
+    b_idx = _lineage_base(plan)
+    probe = _probe_tensor(plan) if b_idx is not None else None
+    if b_idx is None or probe is None:
         return 0
-    probe = _probe_tensor(plan)
-    if probe is None:
-        return 0
-    info = plan.sources[plan.base].files.tensors[probe]
+    info = plan.sources[b_idx].files.tensors[probe]
     n = info.rows * info.row_elems
     return n * (4 + 4 + info.itemsize) + 2 * (8 << 20)
 

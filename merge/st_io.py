@@ -33,9 +33,7 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
 }
 TORCH_TO_ST = {v[0]: k for k, v in ST_DTYPES.items()}
 # numpy dtype names of the raw bytes (numpy has no bfloat16: its bits are read as uint16)
-NP_DTYPES: dict[str, str] = {"F32": "float32", "F16": "float16", "BF16": "uint16", "F64": "float64",
-                             "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                             "BOOL": "bool"}
+NP_DTYPES = {code: "uint16" if code == "BF16" else name for code, (name, _) in ST_DTYPES.items()}
 
 
 @dataclass(frozen=True)
