@@ -397,39 +397,47 @@ def test_client_request_ids_of_every_allowed_length_reach_the_span(otlp, fake, g
     assert att["attributes"]["cohortgate.attempt.outcome"] == "ok"
 
 
+class _ThreeSpans:
+    """An exporter queue item: one request's three (empty) spans."""
+
+    def encode(self, enc: Any) -> tuple[bytes, int]:
+        return b"\x12\x00" * 3, 3
+
+
+class _HeldSender:
+    """Records what the export thread sends; each send waits until `release` is set."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.sent: list[bytes] = []
+
+    def send(self, body: bytes) -> None:
+        self.release.wait(10)
+        self.sent.append(body)
+
+    def close(self) -> None:
+        pass
+
+
 def test_exporter_counts_spans_not_requests_against_its_limits(monkeypatch):
     """A request's spans are one queue item; the queue and batch limits count spans, and spans
     count as waiting until their export returned (the sender blocks here until released)."""
-    import threading
-
     from gateway.tracing_export import BatchExporter, Encoder
 
-    class Item:
-        def encode(self, enc: Encoder) -> tuple[bytes, int]:
-            return b"\x12\x00" * 3, 3  # three empty spans
-
-    release = threading.Event()
-    sent: list[bytes] = []
-
-    class Sender:
-        def send(self, body: bytes) -> None:
-            release.wait(10)
-            sent.append(body)
-
-        def close(self) -> None:
-            pass
-
+    sender = _HeldSender()
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # sends when 4 spans wait, or at flush
-    ex = BatchExporter(Encoder({}, "s", "1"), Sender())
+    ex = BatchExporter(Encoder({}, "s", "1"), sender)
     for _ in range(6):  # no loop: each is encoded at once; from 10 waiting spans on, requests are dropped
-        ex.submit(Item())
+        ex.submit(_ThreeSpans())
     assert (ex.encoded, ex.dropped, ex.exported) == (12, 2, 0)
-    release.set()
+    sender.release.set()
     ex.flush()
     ex.shutdown()
-    assert ex.exported == 12 and len(sent) == 2  # batches of whole requests reaching 4 spans: 6 + 6
+    assert ex.exported == 12 and len(sender.sent) == 2  # batches of whole requests reaching 4 spans: 6 + 6
 
 
 def test_traced_requests_leave_no_cyclic_garbage(otlp):
@@ -479,45 +487,30 @@ def test_a_full_batch_does_not_drag_tiny_posts_behind_it(monkeypatch):
     """Woken by a full batch, the export thread sends full batches only: spans encoded during
     that POST wait for the next batch (or the timer, or flush) instead of leaving at once in a
     POST of their own (at 12k spans/s that had halved the spans per POST)."""
-    import threading
     import time
 
     from gateway.tracing_export import BatchExporter, Encoder
 
-    class Item:
-        def encode(self, enc: Encoder) -> tuple[bytes, int]:
-            return b"\x12\x00" * 3, 3
-
-    release = threading.Event()
-    sent: list[int] = []
-
-    class Sender:
-        def send(self, body: bytes) -> None:
-            release.wait(10)
-            sent.append(len(body))
-
-        def close(self) -> None:
-            pass
-
+    sender = _HeldSender()
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
-    ex = BatchExporter(Encoder({}, "s", "1"), Sender())
+    ex = BatchExporter(Encoder({}, "s", "1"), sender)
     try:
-        ex.submit(Item())
-        ex.submit(Item())  # 6 spans wait: the thread wakes and sends them (blocked until released)
+        ex.submit(_ThreeSpans())
+        ex.submit(_ThreeSpans())  # 6 spans wait: the thread wakes and sends them (blocked until released)
         deadline = time.monotonic() + 10
         while ex.queue and time.monotonic() < deadline:
             time.sleep(0.005)
-        ex.submit(Item())  # arrives during that POST
-        release.set()
+        ex.submit(_ThreeSpans())  # arrives during that POST
+        sender.release.set()
         while ex.exported < 6 and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(0.2)
-        assert ex.exported == 6 and len(sent) == 1  # the 3-span tail waits
+        assert ex.exported == 6 and len(sender.sent) == 1  # the 3-span tail waits
         ex.flush()
-        assert ex.exported == 9 and len(sent) == 2
+        assert ex.exported == 9 and len(sender.sent) == 2
     finally:
-        release.set()
+        sender.release.set()
         ex.shutdown()
 
 
