@@ -34,6 +34,9 @@ def cache_file() -> Path:
     return root / "sha256-cache.json"
 
 
+HASH_BUF_BYTES = 8 << 20  # read buffer of each hashing thread (bytearray zero-fills it: all resident)
+
+
 def _stat_key(p: Path) -> str:
     st = p.stat()
     return f"{p.resolve()}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}"
@@ -41,7 +44,7 @@ def _stat_key(p: Path) -> str:
 
 def sha256_file(p: Path, stop: threading.Event | None = None) -> str:
     h = hashlib.sha256()
-    buf = bytearray(8 << 20)
+    buf = bytearray(HASH_BUF_BYTES)
     mv = memoryview(buf)
     with open(p, "rb", buffering=0) as fh:
         while n := fh.readinto(mv):

@@ -27,8 +27,14 @@ from merge.st_io import ST_DTYPES
 from merge.workers import WorkerPool
 from merge.writer import AtomicDir, ShardedWriter, TensorSlot, check_destination, plan_layout
 
-RUNTIME_BASE_BYTES = 320 << 20  # measured RSS of Python + torch + numpy before any tensor work
-NUMPY_BASE_BYTES = 60 << 20  # the same without torch (the numpy engine): 45 MB measured, + progress/hashing
+# Used only where /proc is unreadable: the RSS of Python + the engine's imports measured on the
+# dev VM (numpy engine ≈ 45 MB, torch engine ≈ 320 MB); builds of numpy/OpenBLAS/torch differ.
+RUNTIME_BASE_BYTES = 320 << 20
+NUMPY_BASE_BYTES = 48 << 20
+# Fixed costs beside the runtime: the source hasher and the output hasher each hold one read
+# buffer while the workers run, and the progress/metadata steps allocate a little.
+HASHERS = 2
+MISC_BYTES = 8 << 20
 
 
 def _workers() -> int:
@@ -71,9 +77,40 @@ def estimate_peak(plan: Plan, workers: int) -> int:
             # buffers, at most two workers at once), else keeps a bracket of ~5%
             need += (min(n, WHOLE_SELECT) * 4 + (n // 20) * 4) * (n_in - 1)
         worst = max(worst, need)
-    base = NUMPY_BASE_BYTES if numpy_engine else RUNTIME_BASE_BYTES
+    base = _runtime_bytes(numpy_engine) + HASHERS * provenance.HASH_BUF_BYTES + MISC_BYTES
     # the lineage check runs (and frees its buffers) before the workers start
     return base + max(workers * worst, checks.lineage_check_bytes(plan))
+
+
+def _runtime_bytes(numpy_engine: bool) -> int:
+    """RSS of this interpreter once it has imported what the merge imports. The merge runs the
+    same code, so this measures the runtime on this machine instead of assuming a constant:
+    numpy's OpenBLAS and torch differ by several MB between builds and core counts."""
+    import ctypes  # noqa: F401  (the workers load libc through it to tune malloc)
+
+    from merge import card, np_engine, tokenizer, workers  # noqa: F401
+
+    if not numpy_engine:
+        _warm_torch()
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return NUMPY_BASE_BYTES if numpy_engine else RUNTIME_BASE_BYTES
+
+
+def _warm_torch() -> None:
+    """Import torch and run the kinds of op the torch engine runs, on a tiny tensor: the first
+    ops map more of libtorch's code and start its thread pool (~20 MB beyond the import)."""
+    import torch
+
+    from merge import engine  # noqa: F401
+
+    x = torch.ones(4096, dtype=torch.bfloat16).float()
+    d = (x * 0.5 + x).abs()
+    torch.where(d > 0, d, torch.zeros_like(d)).to(torch.bfloat16)
+    d.argsort(stable=True)
+    torch.rand(4096, generator=torch.Generator().manual_seed(0))
 
 
 def dry_run(plan: Plan) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from merge import provenance
 from merge.errors import DestinationError
 
 
@@ -204,7 +205,7 @@ class ShardedWriter:
 
     def _hash_loop(self) -> None:
         try:
-            buf = bytearray(8 << 20)
+            buf = bytearray(provenance.HASH_BUF_BYTES)
             mv = memoryview(buf)
             for i, sh in enumerate(self.shards):
                 h = hashlib.sha256()

@@ -420,4 +420,4 @@ def test_dry_run_peak_memory_estimate_bounds_the_measured_peak(tmp_path: Path, e
     if engine == "auto":
         assert estimate < 150e6  # no torch runtime in it
     else:
-        assert estimate > 300e6
+        assert estimate > 200e6  # torch's runtime, measured by the dry run itself
