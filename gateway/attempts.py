@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from gateway.errors import GatewayError, NoHealthyTarget, UpstreamFailure, UpstreamRateLimited
+from gateway.errors import GatewayError, NoHealthyTarget, UpstreamFailure, UpstreamRateLimited, upstream_status
 from gateway.policy.schema import Route
 from gateway.request import Attempt, RequestRecord
 from gateway.routing import Plan
@@ -53,15 +53,15 @@ async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,
             i += 1
             continue
         budget -= 1
-        a = Attempt(client.name, client.spec.model)
+        a = Attempt(client.name, client.spec.model, client=client, t0=time.perf_counter_ns())
         rec.attempts.append(a)
-        t0 = time.perf_counter()
         try:
             result = await attempt(client, a)
         except UpstreamFailure as exc:
-            a.seconds = time.perf_counter() - t0
+            a.seconds = (time.perf_counter_ns() - a.t0) / 1e9
             a.outcome = exc.reason
             a.status = exc.status
+            a.upstream_status = upstream_status(exc)
             last = exc
             if isinstance(exc, UpstreamRateLimited):
                 ra = exc.retry_after
@@ -78,11 +78,12 @@ async def run_attempts(rt: Runtime, plan: Plan, rec: RequestRecord,
             i += 1
             continue
         except GatewayError as exc:
-            a.seconds = time.perf_counter() - t0
+            a.seconds = (time.perf_counter_ns() - a.t0) / 1e9
             a.outcome = exc.reason
             a.status = exc.status
+            a.upstream_status = upstream_status(exc)
             raise
-        a.seconds = time.perf_counter() - t0
+        a.seconds = (time.perf_counter_ns() - a.t0) / 1e9
         a.outcome = "ok"
         a.status = 200
         client.health.success()

@@ -155,6 +155,17 @@ class InternalError(GatewayError):
     pass
 
 
+def upstream_status(exc: BaseException) -> int | None:
+    """The HTTP status the upstream answered, when it answered (not a timeout or reset)."""
+    status = getattr(exc, "upstream_status", None)
+    if isinstance(status, int):
+        return status
+    code = getattr(exc, "code", None)  # UpstreamUnavailable carries "upstream_<status>"
+    if isinstance(code, str) and code.startswith("upstream_") and code[9:].isdigit():
+        return int(code[9:])
+    return None
+
+
 def redact(text: str, secrets: list[str]) -> str:
     """Remove any upstream secret that an upstream echoed back in its error text."""
     for s in secrets:

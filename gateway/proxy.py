@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cohortgate.proxy")
 
-_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "n", "frequency_penalty",
-           "presence_penalty", "stop")
+_PARAMS = frozenset(("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "n", "frequency_penalty",
+                     "presence_penalty", "stop"))
 
 
 # Request ids: a random per-process prefix plus a counter; unique without a syscall per request.
@@ -96,7 +96,7 @@ async def handle(state: AppState, request: web.Request, path: str, operation: st
         if traced:
             if rt.policy.telemetry.record_content:
                 state.tracing.record_content(rec, body)  # opted in by the policy: the prompt goes on the span
-            rec.request_params = {k: body[k] for k in _PARAMS if k in body}
+            rec.request_params = tuple([(k, v) for k, v in body.items() if k in _PARAMS])
         decision = rt.classifier.classify(creq)
         rec.cohort, rec.cohort_reason, rec.cohort_confidence = decision.cohort, decision.reason, decision.confidence
         if not caller.may_use_cohort(decision.cohort):
@@ -150,12 +150,13 @@ async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientReques
     gates = state.gates
 
     async def attempt(client: UpstreamClient, a: Attempt) -> UpstreamResponse:
+        if traced and len(rec.attempts) > 1:
+            state.tracing.next_attempt(rec)
         body = {**creq.body, "model": client.spec.model}
-        with state.attempt_span(rec, client, a, traced):
-            resp = await client.complete(creq.path, body, headers)
-            _take_usage(rec, resp.data)
-            if gates is not None:
-                gates.check(rt, plan, creq, rec, client, resp)
+        resp = await client.complete(creq.path, body, headers)
+        _take_usage(rec, resp.data)
+        if gates is not None:
+            gates.check(rt, plan, creq, rec, client, resp)
         return resp
 
     resp: UpstreamResponse = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
@@ -194,8 +195,9 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
     body, injected = with_usage(creq.body)
 
     async def attempt(client: UpstreamClient, a: Attempt) -> tuple[Any, Any, bytes]:
-        with state.attempt_span(rec, client, a, traced):
-            return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
+        if traced and len(rec.attempts) > 1:
+            state.tracing.next_attempt(rec)
+        return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
 
     stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)
     rec.arm = _arm(plan, rec.served_by)

@@ -87,6 +87,11 @@ class Attempt:
     status: int = 0
     seconds: float = 0.0
     reason: str | None = None  # why the next attempt happened
+    # for its trace span: the client called, when (perf_counter_ns), and the upstream's HTTP
+    # status when it answered with an error (`status` is the gateway's status for the failure)
+    client: Any = None
+    t0: int = 0
+    upstream_status: int | None = None
 
 
 @dataclass(slots=True)
@@ -116,7 +121,7 @@ class RequestRecord:
     finish_reasons: list[str] = field(default_factory=list)
     mirrored: bool = False
     evals: list[tuple[str, float, bool, str]] = field(default_factory=list)  # name, score, passed, upstream
-    request_params: dict[str, Any] = field(default_factory=dict)
+    request_params: tuple[tuple[str, Any], ...] = ()  # (name, value) of the sampling parameters sent
     output: dict[str, Any] | None = None  # the served message, kept when mirrored or content is recorded
     # tracing state (gateway/tracing.py) when tracing is on: the recorded request's spans, or
     # the trace context an unrecorded one passes upstream

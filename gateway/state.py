@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from gateway.metrics import Metrics
-from gateway.request import Attempt, ClientRequest, RequestRecord
+from gateway.request import ClientRequest, RequestRecord
 from gateway.routing import Plan
 from gateway.runtime import Runtime
-from gateway.upstream.base import UpstreamClient
 
 log = logging.getLogger("cohortgate")
-_NULL: AbstractContextManager[Any] = nullcontext()
 
 
 class AppState:
@@ -50,13 +47,6 @@ class AppState:
     def before_attempts(self, rt: Runtime, plan: Plan, creq: ClientRequest, rec: RequestRecord) -> None:
         if self.mirror is not None and plan.route.mirror is not None:
             self.mirror.maybe_mirror(rt, plan, creq, rec)
-
-    def attempt_span(self, rec: RequestRecord, client: UpstreamClient, a: Attempt,
-                     traced: bool) -> AbstractContextManager[Any]:
-        """The attempt's CLIENT span when the request is traced (see `begin`), else a no-op."""
-        if not traced or self.tracing is None:
-            return _NULL
-        return self.tracing.attempt_span(rec, client, a)  # type: ignore[no-any-return]
 
     def inject_trace(self, headers: dict[str, str], rec: RequestRecord | None = None) -> None:
         """Trace context for a call upstream: of client request `rec`, else of the current shadow call."""

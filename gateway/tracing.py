@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,27 +41,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.request import Attempt, RequestRecord
-from gateway.tracing_attrs import encode_request, server_attrs, upstream_status, usage
-from gateway.tracing_export import CLIENT, STATUS_ERROR, BatchExporter, Encoder, SpanData
+from gateway.request import RequestRecord
+from gateway.tracing_attrs import encode_request, server_attrs, usage
+from gateway.tracing_export import CLIENT, STATUS_ERROR, BatchExporter, Encoder, SpanData, rand, span_id
 from gateway.tracing_send import make_sender
 
 if TYPE_CHECKING:
     from gateway.state import AppState
-    from gateway.upstream.base import UpstreamClient
 
 log = logging.getLogger("cohortgate.tracing")
 
 # the shadow call running in this task: its recorded span, or the context an unrecorded one passes on
 _CUR: ContextVar[_Req | tuple[str, str | None] | None] = ContextVar("cohortgate_trace", default=None)
-_rand = random.Random()  # ids need uniqueness, not secrecy; seeded from os.urandom
 _LOW64 = 0xFFFFFFFFFFFFFFFF
-# Ids are kept as bytes: the wire format wants them so, and bytes.hex() writes a traceparent about
-# three times faster than formatting ints with "032x".
-
-
-def _span_id() -> bytes:
-    return (_rand.getrandbits(64) or 1).to_bytes(8, "big")
 
 
 def _traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> str:
@@ -129,20 +120,27 @@ class _Req:
     """A recorded (sampled) request's tracing state, kept on its RequestRecord as `rec.trace`
     from begin() on (a mirror still links to it after the request ended); once finished, the
     exporter's queue item for the request's spans (`encode`). A shadow call's state is the same
-    class, current in the `_CUR` ContextVar during the call (rec None)."""
+    class, current in the `_CUR` ContextVar during the call (rec None).
 
-    __slots__ = ("rec", "trace_id", "span_id", "parent_id", "tracestate", "start", "end", "headers", "attempts",
-                 "content")
+    The attempts' CLIENT spans need no state of their own: they are written from the request's
+    `Attempt` records (client, start, duration, outcome); only their span ids live here, drawn
+    before each attempt because the upstream receives them in `traceparent`."""
 
-    def __init__(self, trace_id: bytes, span_id: bytes, parent_id: bytes | None, tracestate: str | None) -> None:
+    __slots__ = ("rec", "trace_id", "span_id", "attempt_ids", "parent_id", "tracestate", "start", "t0", "end",
+                 "headers", "content")
+
+    def __init__(self, trace_id: bytes, span_id: bytes, attempt_id: bytes | None, parent_id: bytes | None,
+                 tracestate: str | None) -> None:
         # set by finish(), cleared once encoded: rec.trace -> req -> rec is a cycle only meanwhile
         self.rec: RequestRecord | None = None
         self.trace_id, self.span_id, self.parent_id = trace_id, span_id, parent_id
+        # of attempt 1, 2...: the first drawn with the trace's ids (a shadow call has no attempts)
+        self.attempt_ids = [attempt_id] if attempt_id is not None else []
         self.tracestate = tracestate
         self.start = time.time_ns()
+        self.t0 = time.perf_counter_ns()  # the same instant: the attempts' times are offsets from it
         self.end = 0
-        self.headers: dict[str, str] | None = None  # the dict sent upstream: each attempt sets its span
-        self.attempts: list[_AttemptSpan] = []  # ended attempts (a relayed stream's ends in finish())
+        self.headers: dict[str, str] | None = None  # the dict sent upstream: its traceparent names the attempt
         self.content: dict[str, Any] | None = None
 
     def encode(self, enc: Encoder) -> tuple[bytes, int]:
@@ -170,8 +168,6 @@ class Tracing:
         self.exporter = BatchExporter(Encoder(resource, "cohortgate.gateway", __version__), sender)
         self.sampler = sampler or Sampler(os.environ.get("OTEL_TRACES_SAMPLER", ""),
                                           os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
-        # the proxy's per-attempt call goes straight to the span class (no wrapper frame)
-        self.attempt_span = _AttemptSpan
 
     @classmethod
     def from_env(cls, state: AppState) -> Tracing | None:
@@ -206,20 +202,21 @@ class Tracing:
         tp = headers.get("traceparent")
         parent = parse_traceparent(tp) if tp else None
         if parent is None:  # a new trace: the root sampler decides (on the trace id's low 64 bits)
-            x = _rand.getrandbits(192)  # trace id and span id in one draw
-            if not (x >> 64 and x & _LOW64):  # all-zero ids are invalid (W3C)
-                x |= 1 << 64 | 1
-            ids = x.to_bytes(24, "big")
-            if (x >> 64 & _LOW64) < self.sampler.bound:
-                rec.trace = _Req(ids[:16], ids[16:], None, None)
+            # trace id, request span id and first attempt span id in one draw
+            x = rand.getrandbits(256)
+            if not (x >> 128 and x >> 64 & _LOW64 and x & _LOW64):  # all-zero ids are invalid (W3C)
+                x |= 1 << 128 | 1 << 64 | 1
+            ids = x.to_bytes(32, "big")
+            if (x >> 128 & _LOW64) < self.sampler.bound:
+                rec.trace = _Req(ids[:16], ids[16:24], ids[24:], None, None)
                 return True
-            rec.trace = (_traceparent(ids[:16], ids[16:], False), None)
+            rec.trace = (_traceparent(ids[:16], ids[16:24], False), None)
             return False
         trace_id, parent_id, parent_sampled = parent
         if self.sampler.decide(trace_id, parent_sampled):
-            rec.trace = _Req(trace_id, _span_id(), parent_id, headers.get("tracestate"))
+            rec.trace = _Req(trace_id, span_id(), span_id(), parent_id, headers.get("tracestate"))
             return True
-        rec.trace = (_traceparent(trace_id, _span_id(), False), headers.get("tracestate"))
+        rec.trace = (_traceparent(trace_id, span_id(), False), headers.get("tracestate"))
         return False
 
     def inject(self, headers: dict[str, str], rec: RequestRecord | None = None) -> None:
@@ -232,10 +229,21 @@ class Tracing:
             headers["traceparent"] = t[0]
             if t[1]:
                 headers["tracestate"] = t[1]
-        elif rec is not None:  # recorded: each attempt's span becomes the upstream's parent
+        elif rec is not None:  # recorded: the attempt's span is the upstream's parent (next_attempt)
             t.headers = headers
+            t.propagate(headers, t.attempt_ids[0])
         else:  # a shadow call: its span is the parent
             t.propagate(headers, t.span_id)
+
+    def next_attempt(self, rec: RequestRecord) -> None:
+        """Before a recorded request's second and later attempts: a span id of their own, sent
+        upstream as the parent (the first attempt's is drawn in begin)."""
+        req = rec.trace
+        if type(req) is _Req:
+            sid = span_id()
+            req.attempt_ids.append(sid)
+            if req.headers is not None:
+                req.propagate(req.headers, sid)
 
     def finish(self, rec: RequestRecord) -> None:
         req = rec.trace
@@ -244,11 +252,7 @@ class Tracing:
         output = rec.output  # the proxy keeps the answer for mirrored requests
         if output is not None and (req.content is None or "gen_ai.output.messages" not in req.content):
             self.record_content(rec, None, output)
-        req.end = end = time.time_ns()
-        for att in req.attempts:
-            if att.outcome is None:  # the relayed stream: it ends with the request
-                att.end = end
-                att.outcome = _ok_outcome(rec)
+        req.end = time.time_ns()
         req.rec = rec
         self.exporter.submit(req)
 
@@ -285,9 +289,9 @@ class Tracing:
         primary = rec.trace  # a _Req when the request was recorded, a tuple when not
         client = self.state.runtime.upstreams.get(upstream_name) if self.state is not None else None
         model = client.spec.model if client is not None else upstream_name
-        trace_id = (_rand.getrandbits(128) or 1).to_bytes(16, "big")
+        trace_id = (rand.getrandbits(128) or 1).to_bytes(16, "big")
         sampled = type(primary) is _Req or (primary is None and self.sampler.root(trace_id))
-        req = _Req(trace_id, _span_id(), None, None)
+        req = _Req(trace_id, span_id(), None, None, None)
         span = SpanData(trace_id, req.span_id, None, f"{rec.operation} {model}", CLIENT, req.start, 0)
         span.attrs = {
             "gen_ai.operation.name": rec.operation, "gen_ai.request.model": model,
@@ -323,52 +327,3 @@ class Tracing:
                     span.attrs["gen_ai.response.finish_reasons"] = [str(r) for r in shadow.finish_reasons]
             if sampled:
                 self.exporter.submit(span)
-
-
-def _ok_outcome(rec: RequestRecord) -> str:
-    """An attempt that returned: ok, unless its committed stream failed after the first event."""
-    if rec.outcome in ("ok", "client_closed"):
-        return "ok"
-    return rec.error_type or rec.outcome
-
-
-class _AttemptSpan:
-    """CLIENT span around one upstream attempt of a recorded request (a plain class: cheaper than
-    @contextmanager); once ended it is the attempt's record in `_Req.attempts`, encoded with the
-    request's spans."""
-
-    __slots__ = ("rec", "client", "n", "req", "span_id", "start", "end", "outcome", "status")
-
-    def __init__(self, rec: RequestRecord, client: UpstreamClient, a: Attempt) -> None:
-        self.rec: RequestRecord | None = rec
-        self.client = client
-        self.n = len(rec.attempts)  # a is already appended: this is its 1-based number
-        self.req: _Req | None = None
-        self.outcome: str | None = None
-        self.status: int | None = None
-
-    def __enter__(self) -> _AttemptSpan:
-        req = self.rec.trace  # type: ignore[union-attr]
-        if type(req) is not _Req:
-            return self
-        self.req = req
-        self.span_id = _span_id()
-        self.start = time.time_ns()
-        if req.headers is not None:  # the upstream's parent is this attempt's span
-            req.propagate(req.headers, self.span_id)
-        return self
-
-    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> None:
-        req, rec = self.req, self.rec
-        if req is None or rec is None:
-            return
-        self.end = time.time_ns()
-        if exc is not None:
-            self.outcome = str(getattr(exc, "reason", None) or type(exc).__name__)
-            self.status = upstream_status(exc)
-        elif not rec.stream:
-            self.outcome = _ok_outcome(rec)
-        # else: the stream is still being relayed; finish() ends the span (outcome None until then)
-        req.attempts.append(self)
-        # rec.trace -> req -> attempts -> self: keeping rec or req would close a reference cycle
-        self.req = self.rec = None

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.request import RequestRecord
-from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, Encoder, lenb, pack_times
+from gateway.request import Attempt, RequestRecord
+from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, Encoder, lenb, pack_times, span_id
 
 if TYPE_CHECKING:
-    from gateway.tracing import _AttemptSpan, _Req
+    from gateway.tracing import _Req
 
 # request body field -> span attribute
 PARAM_ATTRS = {
@@ -41,8 +41,8 @@ def server_attrs(client: Any) -> dict[str, Any]:
     return out
 
 
-def request_params(a: dict[str, Any], params: dict[str, Any]) -> None:
-    for k, v in params.items():
+def request_params(a: dict[str, Any], params: tuple[tuple[str, Any], ...]) -> None:
+    for k, v in params:
         attr = PARAM_ATTRS.get(k)
         if attr is not None and isinstance(v, int | float) and not isinstance(v, bool):
             a[attr] = v
@@ -65,11 +65,11 @@ def usage(a: dict[str, Any], rec: RequestRecord) -> None:
 _UNHASHABLE = object()  # tags a repr in a cache key: no JSON value can equal it
 
 
-def _hashable(params: dict[str, Any]) -> tuple[Any, ...]:
+def _hashable(params: tuple[tuple[str, Any], ...]) -> tuple[Any, ...]:
     """Request parameters as a cache key: lists as tuples; what still does not hash (a client's
     nested lists or objects) as its tagged repr."""
     out = []
-    for k, v in params.items():
+    for k, v in params:
         key = tuple(v) if isinstance(v, list) else v
         try:
             hash(key)
@@ -83,26 +83,41 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
     """The request's SERVER span and one CLIENT span per upstream attempt, framed for the export
     request. What repeats across requests (name, operation, models, cohort, route, outcome,
     request parameters...) is a cached block per distinct combination; per request only the ids,
-    times, request id and token counts are encoded. """
+    times, request id and token counts are encoded, and everything is joined once."""
     tid, sid = req.trace_id, req.span_id
     blocks = enc.blocks
-    spans = []
-    for att in req.attempts:
-        c, outcome = att.client, att.outcome or "ok"  # finish() ended every attempt
-        served = outcome == "ok" and rec.served_by == c.name
-        key = ("attempt", rec.operation, c, att.n, outcome, att.status, rec.response_model if served else None)
-        blk = blocks.get(key)
-        if blk is None:
-            blk = _attempt_block(enc, key, rec, att, outcome, served)
-        body = b"".join((b"\x0a\x10", tid, b"\x12\x08", att.span_id, b"\x22\x08", sid, blk,
-                         pack_times(0x39, att.start, 0x41, att.end)))
-        spans.append(b"\x12" + lenb(len(body)) + body)
+    out: list[bytes] = []
+    attempts = rec.attempts
+    last = len(attempts)
+    if last:
+        ids = req.attempt_ids
+        for n, att in enumerate(attempts, 1):
+            outcome, start, end = att.outcome, req.start, req.end
+            if att.t0:  # on the request's clock: its start (wall time) plus the monotonic offset
+                start += att.t0 - req.t0
+            if outcome == "ok" and rec.stream and n == last:
+                outcome = _stream_outcome(rec)  # the relayed stream's attempt: it ends with the request
+            elif outcome == "pending":  # left by an exception no fallback handles (cancelled, internal)
+                outcome = rec.error_type or rec.outcome  # ...and ended with the request
+            elif att.t0:
+                end = min(end, start + int(att.seconds * 1e9))
+            served = outcome == "ok" and rec.served_by == att.upstream
+            key = ("attempt", rec.operation, att.client, att.upstream, att.model, n, outcome, att.upstream_status,
+                   rec.response_model if served else None)
+            blk = blocks.get(key)
+            if blk is None:
+                blk = _attempt_block(enc, key, rec, att, n, outcome, served)
+            if n > len(ids):  # an attempt the proxy did not announce (tools, tests): an id of its own
+                ids.append(span_id())
+            # ScopeSpans.spans(2) { trace_id, span_id, parent_span_id: 38 bytes; block; times: 18 }
+            out += (b"\x12", lenb(56 + len(blk)), b"\x0a\x10", tid, b"\x12\x08", ids[n - 1], b"\x22\x08", sid,
+                    blk, pack_times(0x39, start, 0x41, end))
     params = rec.request_params
     # request parameters and the classification reason usually repeat too (one client app, one rule)
-    rkey = ("root", rec.operation, rec.alias, rec.stream, rec.outcome, len(rec.attempts), rec.mirrored,
-           rec.status, req.attempts[-1].client if req.attempts else None, rec.response_model, rec.served_model,
-           rec.error_type, rec.cohort, rec.cohort_reason, rec.route_id, rec.served_by, rec.arm,
-           rec.fallback_reason, rec.key_name, tuple(rec.finish_reasons), tuple(params.items()) if params else ())
+    rkey = ("root", rec.operation, rec.alias, rec.stream, rec.outcome, last, rec.mirrored, rec.status,
+            attempts[-1].client if attempts else None, rec.response_model, rec.served_model, rec.error_type,
+            rec.cohort, rec.cohort_reason, rec.route_id, rec.served_by, rec.arm, rec.fallback_reason, rec.key_name,
+            tuple(rec.finish_reasons), params)
     try:
         blk = blocks.get(rkey)
     except TypeError:  # a list-valued parameter (`stop`): hashable as a tuple
@@ -110,22 +125,27 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
         blk = blocks.get(rkey)
     if blk is None:
         blk = _root_block(enc, rkey, rec, req)
-    b = [b"\x0a\x10", tid, b"\x12\x08", sid, blk, pack_times(0x39, req.start, 0x41, req.end),
-         enc.str_attr("cohortgate.request_id", rec.request_id)]
+    rid = enc.str_attr("cohortgate.request_id", rec.request_id)
+    tin, tout = rec.input_tokens, rec.output_tokens
+    if (type(tin) is int and type(tout) is int and req.parent_id is None and rec.ttft_s is None
+            and rec.cohort_confidence is None and not req.content and not rec.evals):
+        # the usual request span, framed with its length known: ids and tags 28 bytes, times 18
+        tok = enc.tokens(tin, tout)  # one cached block for the five token attributes
+        out += (b"\x12", lenb(46 + len(blk) + len(rid) + len(tok)), b"\x0a\x10", tid, b"\x12\x08", sid, blk,
+                pack_times(0x39, req.start, 0x41, req.end), rid, tok)
+        return b"".join(out), last + 1
+    b = [b"\x0a\x10", tid, b"\x12\x08", sid, blk, pack_times(0x39, req.start, 0x41, req.end), rid]
     if req.parent_id is not None:
         b += (b"\x22\x08", req.parent_id)
-    tin, tout = rec.input_tokens, rec.output_tokens
+    a: dict[str, Any] = {}
     if type(tin) is int and type(tout) is int:
-        b.append(enc.tokens(tin, tout))  # the usual case: one cached block for the five attributes
-        if rec.ttft_s is not None or rec.cohort_confidence is not None or req.content or rec.evals:
-            _root_extras(enc, b, rec, req, {})
+        b.append(enc.tokens(tin, tout))
     else:
-        a: dict[str, Any] = {}
         usage(a, rec)
-        _root_extras(enc, b, rec, req, a)
-    body = b"".join(b)
-    spans.append(b"\x12" + lenb(len(body)) + body)
-    return b"".join(spans), len(spans)
+    _root_extras(enc, b, rec, req, a)
+    out += (b"\x12", lenb(sum(map(len, b))))
+    out += b
+    return b"".join(out), last + 1
 
 
 def _root_extras(enc: Encoder, b: list[bytes], rec: RequestRecord, req: _Req, a: dict[str, Any]) -> None:
@@ -148,30 +168,38 @@ def _root_extras(enc: Encoder, b: list[bytes], rec: RequestRecord, req: _Req, a:
 def _root_block(enc: Encoder, key: Any, rec: RequestRecord, req: _Req) -> bytes:
     name = f"{rec.operation} {rec.alias}" if rec.alias else rec.operation
     status = (STATUS_ERROR, rec.error_type) if rec.error_type is not None else (0, "")
-    client = req.attempts[-1].client if req.attempts else None
+    client = rec.attempts[-1].client if rec.attempts else None
     return enc.put_block(key, name, SERVER, root_fixed(rec, client), status)
 
 
-def _attempt_block(enc: Encoder, key: Any, rec: RequestRecord, att: _AttemptSpan, outcome: str,
+def _attempt_block(enc: Encoder, key: Any, rec: RequestRecord, att: Attempt, n: int, outcome: str,
                    served: bool) -> bytes:
     c = att.client
     a: dict[str, Any] = {
         "gen_ai.operation.name": rec.operation,
-        "gen_ai.provider.name": c.spec.provider,
-        "gen_ai.request.model": c.spec.model,
-        "cohortgate.attempt": att.n,
+        "gen_ai.request.model": att.model,
+        "cohortgate.attempt": n,
         "cohortgate.attempt.outcome": outcome,
-        "cohortgate.target": c.name,
-        **server_attrs(c),
+        "cohortgate.target": att.upstream,
     }
+    if c is not None:
+        a["gen_ai.provider.name"] = c.spec.provider
+        a.update(server_attrs(c))
     if outcome != "ok":
         a["error.type"] = outcome
     elif served and rec.response_model:
         a["gen_ai.response.model"] = rec.response_model
-    if att.status is not None:
-        a["http.response.status_code"] = att.status
-    return enc.put_block(key, f"{rec.operation} {c.spec.model}", CLIENT, a,
+    if att.upstream_status is not None:
+        a["http.response.status_code"] = att.upstream_status
+    return enc.put_block(key, f"{rec.operation} {att.model}", CLIENT, a,
                          (STATUS_ERROR, outcome) if outcome != "ok" else (0, ""))
+
+
+def _stream_outcome(rec: RequestRecord) -> str:
+    """The relayed stream's attempt: ok, unless the stream failed after its first event."""
+    if rec.outcome in ("ok", "client_closed"):
+        return "ok"
+    return rec.error_type or rec.outcome
 
 
 def root_fixed(rec: RequestRecord, client: Any) -> dict[str, Any]:
@@ -213,14 +241,3 @@ def root_fixed(rec: RequestRecord, client: Any) -> dict[str, Any]:
     if rec.key_name:
         a["cohortgate.caller"] = rec.key_name
     return a
-
-
-def upstream_status(exc: BaseException) -> int | None:
-    """The HTTP status the upstream answered, when it answered (not a timeout or reset)."""
-    status = getattr(exc, "upstream_status", None)
-    if isinstance(status, int):
-        return status
-    code = getattr(exc, "code", None)  # UpstreamUnavailable carries "upstream_<status>"
-    if isinstance(code, str) and code.startswith("upstream_") and code[9:].isdigit():
-        return int(code[9:])
-    return None

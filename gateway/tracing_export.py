@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import struct
 import threading
 import time
@@ -47,6 +48,14 @@ _UNCACHED = frozenset({"cohortgate.request_id", "cohortgate.shadow.pair_id", "ge
 
 
 _NO_ATTRS: dict[str, Any] = {}
+# Ids are kept as bytes: the wire format wants them so, and bytes.hex() writes a traceparent about
+# three times faster than formatting ints with "032x". They need uniqueness, not secrecy: a
+# Mersenne twister seeded from os.urandom, as the SDK's generator is.
+rand = random.Random()
+
+
+def span_id() -> bytes:
+    return (rand.getrandbits(64) or 1).to_bytes(8, "big")  # never all-zero (W3C)
 
 
 class SpanData:
@@ -135,7 +144,7 @@ class Encoder:
         self._cache: dict[tuple[str, Any], bytes] = {}
         self._keys: dict[str, bytes] = {}
         self._ints: dict[str, tuple[bytes, bytes]] = {}
-        self._strs: dict[str, bytes] = {}
+        self._strs: dict[str, list[bytes]] = {}  # key -> per value length: the bytes before the value
         # key -> encoded name, kind, attributes and status shared by every span with that key
         self.blocks: dict[Any, bytes] = {}
         self._heads: dict[tuple[str, int], bytes] = {}  # (name, kind) -> encoded name + kind fields
@@ -186,18 +195,22 @@ class Encoder:
         return b"".join(parts)
 
     def str_attr(self, key: str, value: str) -> bytes:
-        """One string attribute whose value is new for every span (a request id)."""
-        kb = self._strs.get(key)
-        if kb is None:
-            kb = self._strs[key] = _ld(1, key.encode())
+        """One string attribute whose value is new for every span (a request id): what comes
+        before the value's bytes is cached per key and value length."""
         vb = value.encode("utf-8", "replace")
         n = len(vb)
-        m = len(kb) + n + 4  # KeyValue{key, value: AnyValue{string_value}}
-        if m < 0x80:  # one-byte lengths throughout (ids): one join, no varint calls
-            return b"".join((b"\x4a", _SMALL[m], kb, b"\x12", _SMALL[n + 2], b"\x0a", _SMALL[n], vb))
-        vl = lenb(n)
-        inner = b"".join((kb, b"\x12", lenb(n + 1 + len(vl)), b"\x0a", vl, vb))
-        return b"\x4a" + lenb(len(inner)) + inner
+        pres = self._strs.get(key)
+        if pres is None:
+            pres = self._strs[key] = [b""] * 256
+        pre = pres[n] if n < 256 else b""
+        if not pre:
+            kb = _ld(1, key.encode())
+            av = 1 + len(lenb(n)) + n  # AnyValue{string_value (1)}
+            kv = len(kb) + 1 + len(lenb(av)) + av  # KeyValue{key (1), value (2)}
+            pre = b"\x4a" + lenb(kv) + kb + b"\x12" + lenb(av) + b"\x0a" + lenb(n)
+            if n < 256:
+                pres[n] = pre
+        return pre + vb
 
     def tokens(self, tin: int, tout: int) -> bytes:
         """The five token-count attributes, one cached block per (input, output) pair."""
