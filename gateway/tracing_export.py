@@ -15,7 +15,7 @@ Why not the SDK's Span + BatchSpanProcessor + OTLPSpanExporter: measured on this
 benchmark machine, they cost about 150 us of CPU per request for our two spans on the request
 path (attribute validation under a lock, per attribute) plus about 150 us in the export thread
 (one protobuf object per attribute): more than the gateway's own work per request. Here a
-traced request's hooks, encoding and export cost about 15% of the gateway's own
+traced request's hooks, encoding and export cost about 14.5% of the gateway's own
 instructions per request (docs/observability.md has the measurements; the shutdown log line
 reports the time per span of both export stages). The wire format is the same OTLP protobuf
 (field numbers from opentelemetry-proto `trace/v1/trace.proto` and `common/v1/common.proto`; the
