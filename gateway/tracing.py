@@ -254,7 +254,8 @@ class Tracing:
             self.record_content(rec, None, output)
         req.end = time.time_ns()
         req.rec = rec
-        self.exporter.submit(req)
+        if not self.exporter.submit(req):
+            req.rec = None  # dropped (queue full): never encoded, so break the rec <-> req cycle here
 
     def record_content(self, rec: RequestRecord, body: dict[str, Any] | None,
                        output: dict[str, Any] | None = None) -> None:

@@ -324,17 +324,19 @@ class BatchExporter:
         self._thread = threading.Thread(target=self._run, name="cohortgate-otlp", daemon=True)
         self._thread.start()
 
-    def submit(self, spans: Spans) -> None:
+    def submit(self, spans: Spans) -> bool:
+        """Queues the item; False when the queue is full and it was dropped."""
         pending = self.pending
         if len(pending) + self.encoded - self.exported >= self.max_queue:
             self.dropped += 1
-            return
+            return False
         pending.append(spans)
         if len(pending) == 1:
             if self.loop is not None and not self.loop.is_closed():
                 self.loop.call_soon(self.encode_pending)
             else:
                 self.encode_pending()
+        return True
 
     def encode_pending(self) -> None:
         # perf_counter, not thread_time: this runs on the loop thread without blocking, so wall

@@ -486,6 +486,34 @@ def test_traced_requests_leave_no_cyclic_garbage(otlp):
     assert sum(s["kind"] == "SERVER" for s in spans) == 50
 
 
+def test_requests_dropped_by_a_full_queue_leave_no_cyclic_garbage(monkeypatch):
+    """Under overload the exporter drops whole requests; their records must still be freed by
+    reference counting (a record and its trace state point at each other until encoded)."""
+    import gc
+
+    from gateway.request import RequestRecord
+    from gateway.tracing import Tracing
+
+    sender = _HeldSender()
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    t = Tracing(None, sender)
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(10):
+            rec = RequestRecord(f"req_drop_{i}", operation="chat", alias="m")
+            t.begin(rec, {})
+            t.finish(rec)
+        del rec
+        assert t.exporter.dropped == 6  # one span each: 4 wait (the sender is held), 6 dropped
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+        sender.release.set()
+        t.exporter.shutdown()
+
+
 def test_a_full_batch_does_not_drag_tiny_posts_behind_it(monkeypatch):
     """Woken by a full batch, the export thread sends full batches only: spans encoded during
     that POST wait for the next batch (or the timer, or flush) instead of leaving at once in a
