@@ -151,7 +151,7 @@ async def _complete(state: AppState, rt: Runtime, plan: Plan, creq: ClientReques
 
     async def attempt(client: UpstreamClient, a: Attempt) -> UpstreamResponse:
         if traced and len(rec.attempts) > 1:
-            state.tracing.next_attempt(rec)
+            state.tracing.next_attempt(rec, headers)
         body = {**creq.body, "model": client.spec.model}
         resp = await client.complete(creq.path, body, headers)
         _take_usage(rec, resp.data)
@@ -196,7 +196,7 @@ async def _stream(state: AppState, rt: Runtime, request: web.Request, plan: Plan
 
     async def attempt(client: UpstreamClient, a: Attempt) -> tuple[Any, Any, bytes]:
         if traced and len(rec.attempts) > 1:
-            state.tracing.next_attempt(rec)
+            state.tracing.next_attempt(rec, headers)
         return await open_first(client, creq.path, {**body, "model": client.spec.model}, headers)
 
     stream, it, first = await run_attempts(rt, plan, rec, attempt, state.circuit_allows)

@@ -127,7 +127,7 @@ class _Req:
     before each attempt because the upstream receives them in `traceparent`."""
 
     __slots__ = ("rec", "trace_id", "span_id", "attempt_ids", "parent_id", "tracestate", "start", "t0", "end",
-                 "headers", "content")
+                 "content")
 
     def __init__(self, trace_id: bytes, span_id: bytes, attempt_id: bytes | None, parent_id: bytes | None,
                  tracestate: str | None) -> None:
@@ -140,7 +140,6 @@ class _Req:
         self.start = time.time_ns()
         self.t0 = time.perf_counter_ns()  # the same instant: the attempts' times are offsets from it
         self.end = 0
-        self.headers: dict[str, str] | None = None  # the dict sent upstream: its traceparent names the attempt
         self.content: dict[str, Any] | None = None
 
     def encode(self, enc: Encoder) -> tuple[bytes, int]:
@@ -230,20 +229,19 @@ class Tracing:
             if t[1]:
                 headers["tracestate"] = t[1]
         elif rec is not None:  # recorded: the attempt's span is the upstream's parent (next_attempt)
-            t.headers = headers
             t.propagate(headers, t.attempt_ids[0])
         else:  # a shadow call: its span is the parent
             t.propagate(headers, t.span_id)
 
-    def next_attempt(self, rec: RequestRecord) -> None:
-        """Before a recorded request's second and later attempts: a span id of their own, sent
-        upstream as the parent (the first attempt's is drawn in begin)."""
+    def next_attempt(self, rec: RequestRecord, headers: dict[str, str]) -> None:
+        """Before a recorded request's second and later attempts: a span id of their own, set as
+        the parent in `headers` (the dict sent upstream; the first attempt's id was drawn in
+        begin and set by inject)."""
         req = rec.trace
         if type(req) is _Req:
             sid = span_id()
             req.attempt_ids.append(sid)
-            if req.headers is not None:
-                req.propagate(req.headers, sid)
+            req.propagate(headers, sid)
 
     def finish(self, rec: RequestRecord) -> None:
         req = rec.trace

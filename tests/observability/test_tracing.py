@@ -469,11 +469,12 @@ def test_traced_requests_leave_no_cyclic_garbage(otlp):
         for i in range(50):
             rec = RequestRecord(f"req_gc_{i}", operation="chat", alias="m", stream=bool(i % 2))
             t.begin(rec, {})
-            t.inject({}, rec)
+            headers: dict[str, str] = {}
+            t.inject(headers, rec)
             # as gateway/attempts.py records them: a timeout, then a success
             t0 = time.perf_counter_ns()
             rec.attempts.append(Attempt("a", "a-served", "timeout", 504, 0.001, "timeout", client, t0))
-            t.next_attempt(rec)
+            t.next_attempt(rec, headers)
             rec.attempts.append(Attempt("a", "a-served", "ok", 200, 0.001, None, client, t0 + 1_000_000))
             rec.input_tokens, rec.output_tokens = 3, 4
             t.finish(rec)
