@@ -9,7 +9,7 @@ Contract
   (default) or `grpc` (extra `otlp-grpc`). Service name `OTEL_SERVICE_NAME` (default `cohortgate`)
   and `OTEL_RESOURCE_ATTRIBUTES` through the SDK's Resource. Sampling: `OTEL_TRACES_SAMPLER`
   (`parentbased_always_on` default, `always_on/off`, `[parentbased_]traceidratio` with
-  `OTEL_TRACES_SAMPLER_ARG`). Export is batched off the request path (tracing_export.py,
+  `OTEL_TRACES_SAMPLER_ARG`). Export is batched off the request path (tracing_batch.py,
   `OTEL_BSP_*` limits, bounded queue: spans past it are dropped, a request never waits).
 - One SERVER span per client request, named `{gen_ai.operation.name} {gen_ai.request.model}`,
   continuing an incoming W3C `traceparent` (and passing `tracestate` on). Its state is the
@@ -43,7 +43,8 @@ import orjson
 
 from gateway.request import RequestRecord
 from gateway.tracing_attrs import encode_request, server_attrs, usage
-from gateway.tracing_export import CLIENT, STATUS_ERROR, BatchExporter, Encoder, SpanData, rand, span_id
+from gateway.tracing_batch import BatchExporter
+from gateway.tracing_export import CLIENT, STATUS_ERROR, Encoder, SpanData, rand, span_id
 from gateway.tracing_send import make_sender
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Span attributes from a RequestRecord: the GenAI / OpenInference / cohortgate names.
 
 `encode_request` runs when a request's spans are encoded (in a deferred callback on the event
-loop, see tracing_export.py), off the request's own code path. Attributes shared by many requests
+loop, see tracing_batch.py), off the request's own code path. Attributes shared by many requests
 (operation, models, cohort, route, outcome...) are encoded once per distinct combination; per
 request only ids, times, the request id and token counts are. The full list of names is in
 docs/observability.md.

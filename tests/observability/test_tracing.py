@@ -435,7 +435,8 @@ class _HeldSender:
 def test_exporter_counts_spans_not_requests_against_its_limits(monkeypatch):
     """A request's spans are one queue item; the queue and batch limits count spans, and spans
     count as waiting until their export returned (the sender blocks here until released)."""
-    from gateway.tracing_export import BatchExporter, Encoder
+    from gateway.tracing_batch import BatchExporter
+    from gateway.tracing_export import Encoder
 
     sender = _HeldSender()
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
@@ -521,7 +522,8 @@ def test_a_full_batch_does_not_drag_tiny_posts_behind_it(monkeypatch):
     POST of their own (at 12k spans/s that had halved the spans per POST)."""
     import time
 
-    from gateway.tracing_export import BatchExporter, Encoder
+    from gateway.tracing_batch import BatchExporter
+    from gateway.tracing_export import Encoder
 
     sender = _HeldSender()
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
