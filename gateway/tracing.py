@@ -41,10 +41,20 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.request import RequestRecord
-from gateway.tracing_attrs import encode_request, server_attrs, usage
+from gateway.request import Attempt, RequestRecord
+from gateway.tracing_attrs import encode_request, fast_encode_request, server_attrs, usage
 from gateway.tracing_batch import BatchExporter
-from gateway.tracing_export import CLIENT, STATUS_ERROR, Encoder, SpanData, rand, span_id
+from gateway.tracing_export import (
+    CLIENT,
+    STATUS_ERROR,
+    Encoder,
+    SpanData,
+    compiled,
+    new_ids,
+    rand,
+    span_id,
+    traceparent,
+)
 from gateway.tracing_send import make_sender
 
 if TYPE_CHECKING:
@@ -54,12 +64,6 @@ log = logging.getLogger("cohortgate.tracing")
 
 # the shadow call running in this task: its recorded span, or the context an unrecorded one passes on
 _CUR: ContextVar[_Req | tuple[str, str | None] | None] = ContextVar("cohortgate_trace", default=None)
-_LOW64 = 0xFFFFFFFFFFFFFFFF
-
-
-def _traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> str:
-    return f"00-{trace_id.hex()}-{span_id.hex()}-{'01' if sampled else '00'}"
-
 
 def configured() -> bool:
     """True when the standard OTEL_* variables ask for OTLP trace export."""
@@ -90,6 +94,7 @@ class Sampler:
             raise RuntimeError(f"OTEL_TRACES_SAMPLER={name!r} is not supported: use always_on, always_off, "
                                "traceidratio or their parentbased_ forms")
         self.bound = round(ratio * (1 << 64))
+        self.always = self.bound >= 1 << 64  # every root trace: no need to look at the id
 
     def root(self, trace_id: bytes) -> bool:
         return int.from_bytes(trace_id[8:], "big") < self.bound
@@ -146,12 +151,20 @@ class _Req:
     def encode(self, enc: Encoder) -> tuple[bytes, int]:
         rec = self.rec
         self.rec = None  # encoded: no rec <-> req cycle from here on
+        if fast_encode_request is not None:
+            out = fast_encode_request(self, rec, enc)  # type: ignore[arg-type]
+            if out is not None:
+                return out
         return encode_request(self, rec, enc)  # type: ignore[arg-type]
 
     def propagate(self, headers: dict[str, str], span_id: bytes) -> None:
-        headers["traceparent"] = _traceparent(self.trace_id, span_id, True)
+        headers["traceparent"] = traceparent(self.trace_id, span_id, True)
         if self.tracestate:
             headers["tracestate"] = self.tracestate
+
+
+if compiled is not None:  # the compiled encoder reads these classes' fields straight from their slots
+    compiled.slots(RequestRecord, Attempt, _Req)
 
 
 class Tracing:
@@ -202,21 +215,18 @@ class Tracing:
         tp = headers.get("traceparent")
         parent = parse_traceparent(tp) if tp else None
         if parent is None:  # a new trace: the root sampler decides (on the trace id's low 64 bits)
-            # trace id, request span id and first attempt span id in one draw
-            x = rand.getrandbits(256)
-            if not (x >> 128 and x >> 64 & _LOW64 and x & _LOW64):  # all-zero ids are invalid (W3C)
-                x |= 1 << 128 | 1 << 64 | 1
-            ids = x.to_bytes(32, "big")
-            if (x >> 128 & _LOW64) < self.sampler.bound:
-                rec.trace = _Req(ids[:16], ids[16:24], ids[24:], None, None)
+            trace_id, sid, aid = new_ids()  # with the request span's and first attempt's ids
+            s = self.sampler
+            if s.always or int.from_bytes(trace_id[8:], "big") < s.bound:
+                rec.trace = _Req(trace_id, sid, aid, None, None)
                 return True
-            rec.trace = (_traceparent(ids[:16], ids[16:24], False), None)
+            rec.trace = (traceparent(trace_id, sid, False), None)
             return False
         trace_id, parent_id, parent_sampled = parent
         if self.sampler.decide(trace_id, parent_sampled):
             rec.trace = _Req(trace_id, span_id(), span_id(), parent_id, headers.get("tracestate"))
             return True
-        rec.trace = (_traceparent(trace_id, span_id(), False), headers.get("tracestate"))
+        rec.trace = (traceparent(trace_id, span_id(), False), headers.get("tracestate"))
         return False
 
     def inject(self, headers: dict[str, str], rec: RequestRecord | None = None) -> None:
@@ -306,7 +316,7 @@ class Tracing:
         if type(primary) is _Req:
             span.links = [(primary.trace_id, primary.span_id, {"cohortgate.link": "primary"})]
         # current for inject(): the shadow's span is the upstream's parent, or, unrecorded, only passed on
-        token = _CUR.set(req if sampled else (_traceparent(trace_id, req.span_id, False), None))
+        token = _CUR.set(req if sampled else (traceparent(trace_id, req.span_id, False), None))
         try:
             yield span
         except BaseException as exc:

@@ -16,8 +16,10 @@ are bounded. Batching and the export thread: tracing_batch.py; transport: tracin
 
 from __future__ import annotations
 
+import os
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind
@@ -28,14 +30,45 @@ _UNCACHED = frozenset({"cohortgate.request_id", "cohortgate.shadow.pair_id", "ge
 
 
 _NO_ATTRS: dict[str, Any] = {}
+_LOW64 = 0xFFFFFFFFFFFFFFFF
 # Ids are kept as bytes: the wire format wants them so, and bytes.hex() writes a traceparent about
 # three times faster than formatting ints with "032x". They need uniqueness, not secrecy: a
-# Mersenne twister seeded from os.urandom, as the SDK's generator is.
+# Mersenne twister seeded from os.urandom, as the SDK's generator is (the compiled path draws
+# them from getrandom(2) bytes).
 rand = random.Random()
 
 
-def span_id() -> bytes:
+def _span_id() -> bytes:
     return (rand.getrandbits(64) or 1).to_bytes(8, "big")  # never all-zero (W3C)
+
+
+def _ids() -> tuple[bytes, bytes, bytes]:
+    """A new trace id, the request span's id and its first attempt's, in one draw."""
+    x = rand.getrandbits(256)
+    if not (x >> 128 and x >> 64 & _LOW64 and x & _LOW64):  # all-zero ids are invalid (W3C)
+        x |= 1 << 128 | 1 << 64 | 1
+    b = x.to_bytes(32, "big")
+    return b[:16], b[16:24], b[24:]
+
+
+def _traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> str:
+    return f"00-{trace_id.hex()}-{span_id.hex()}-{'01' if sampled else '00'}"
+
+
+# The compiled fast path (gateway/_spanenc.c, built at install when a C compiler is there) writes
+# the same ids, traceparents and span bytes for a fraction of the CPU; COHORTGATE_PURE_PYTHON=1
+# turns it off.
+try:
+    if os.environ.get("COHORTGATE_PURE_PYTHON", "").strip() not in ("", "0"):
+        raise ImportError("COHORTGATE_PURE_PYTHON is set")
+    from gateway import _spanenc
+except ImportError:
+    _spanenc = None  # type: ignore[assignment]
+compiled = _spanenc
+
+span_id: Callable[[], bytes] = compiled.span_id if compiled is not None else _span_id
+new_ids: Callable[[], tuple[bytes, bytes, bytes]] = compiled.ids if compiled is not None else _ids
+traceparent: Callable[[bytes, bytes, bool], str] = compiled.traceparent if compiled is not None else _traceparent
 
 
 class SpanData:

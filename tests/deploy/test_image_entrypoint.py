@@ -167,6 +167,14 @@ def test_wheel_install_has_no_heavy_dependencies(image_venv: Path) -> None:
     assert json.loads(out) == []
 
 
+def test_wheel_carries_the_compiled_tracing_encoder(image_venv: Path) -> None:
+    """The wheel is built with gateway/_spanenc.c compiled (the image's build stage has gcc too):
+    without it, tracing every request costs about 15% of the gateway's CPU instead of under 10%."""
+    code = "from gateway import tracing_export; print(tracing_export.compiled is not None)"
+    out = _run([str(image_venv / "bin" / "python"), "-c", code], timeout=60, cwd="/").stdout
+    assert out.split() == ["True"]
+
+
 def test_dockerfile_cmd_serves_readyz_from_the_installed_wheel(
     image_venv: Path, upstream: str, tmp_path: Path
 ) -> None:
