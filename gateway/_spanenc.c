@@ -26,6 +26,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #if defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__)
 #include <stdlib.h> /* arc4random_buf */
 #define HAVE_ARC4RANDOM 1
@@ -97,23 +98,17 @@ static PyObject *py_span_id(PyObject *m, PyObject *unused) { return new_id(8); }
 
 static const char HEX[] = "0123456789abcdef";
 
-static PyObject *py_traceparent(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "traceparent(trace_id, span_id, sampled)");
-        return NULL;
-    }
-    if (!PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != 16 || !PyBytes_Check(args[1]) ||
-        PyBytes_GET_SIZE(args[1]) != 8) {
+static PyObject *make_traceparent(PyObject *trace_id, PyObject *span_id, int sampled) {
+    if (!PyBytes_Check(trace_id) || PyBytes_GET_SIZE(trace_id) != 16 || !PyBytes_Check(span_id) ||
+        PyBytes_GET_SIZE(span_id) != 8) {
         PyErr_SetString(PyExc_ValueError, "traceparent: a 16-byte trace id and an 8-byte span id");
         return NULL;
     }
-    int sampled = PyObject_IsTrue(args[2]);
-    if (sampled < 0) return NULL;
     PyObject *s = PyUnicode_New(55, 127);
     if (s == NULL) return NULL;
     Py_UCS1 *o = PyUnicode_1BYTE_DATA(s);
-    const unsigned char *t = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    const unsigned char *t = (const unsigned char *)PyBytes_AS_STRING(trace_id);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(span_id);
     *o++ = '0', *o++ = '0', *o++ = '-';
     for (int i = 0; i < 16; i++) *o++ = HEX[t[i] >> 4], *o++ = HEX[t[i] & 15];
     *o++ = '-';
@@ -121,6 +116,203 @@ static PyObject *py_traceparent(PyObject *m, PyObject *const *args, Py_ssize_t n
     *o++ = '-', *o++ = '0', *o++ = sampled ? '1' : '0';
     return s;
 }
+
+static PyObject *py_traceparent(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "traceparent(trace_id, span_id, sampled)");
+        return NULL;
+    }
+    int sampled = PyObject_IsTrue(args[2]);
+    return sampled < 0 ? NULL : make_traceparent(args[0], args[1], sampled);
+}
+
+/* interned attribute names and constants, made at import */
+enum {
+    N_trace_id, N_span_id, N_attempt_ids, N_parent_id, N_content, N_start, N_end, N_t0,  /* _Req */
+    N_attempts, N_operation, N_alias, N_stream, N_outcome, N_mirrored, N_status, N_response_model,
+    N_served_model, N_error_type, N_cohort, N_cohort_reason, N_route_id, N_served_by, N_arm,
+    N_fallback_reason, N_key_name, N_finish_reasons, N_request_params, N_request_id, N_input_tokens,
+    N_output_tokens, N_ttft_s, N_cohort_confidence, N_evals,                                  /* record */
+    N_client, N_upstream, N_model, N_seconds, N_upstream_status,                              /* Attempt */
+    N_blocks,                                                                                 /* Encoder */
+    S_root, S_attempt, S_ok, S_pending, S_client_closed, S_traceparent, S_tracestate,         /* values */
+    N_COUNT
+};
+static const char *const NAMES[N_COUNT] = {
+    "trace_id", "span_id", "attempt_ids", "parent_id", "content", "start", "end", "t0",
+    "attempts", "operation", "alias", "stream", "outcome", "mirrored", "status", "response_model",
+    "served_model", "error_type", "cohort", "cohort_reason", "route_id", "served_by", "arm",
+    "fallback_reason", "key_name", "finish_reasons", "request_params", "request_id", "input_tokens",
+    "output_tokens", "ttft_s", "cohort_confidence", "evals",
+    "client", "upstream", "model", "seconds", "upstream_status",
+    "blocks",
+    "root", "attempt", "ok", "pending", "client_closed", "traceparent", "tracestate",
+};
+static PyObject *S[N_COUNT];
+
+/* the Python builders of missing blocks (tracing_attrs._attempt_block, _root_block, _hashable), and
+   the Python encoder (tracing_attrs.encode_request) for the shapes this one declines */
+static PyObject *attempt_block_fn, *root_block_fn, *hashable_fn, *py_encode_request_fn;
+
+/* ------------------------------------------------------------------ trace state */
+
+/* A recorded request's tracing state (tracing.py `_Req`, whose Python class is the reference):
+   set on its RequestRecord as `rec.trace` when the request starts; `rec` is set when it ends
+   and cleared once its spans are encoded (the rec <-> state cycle exists only meanwhile, and the
+   collector can break it: the type takes part in GC). Times are integers in nanoseconds: `start`
+   wall clock (time.time_ns), `t0` the same instant on time.perf_counter_ns's clock. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *rec, *trace_id, *span_id, *attempt_ids, *parent_id, *tracestate, *content;
+    long long start, t0, end;
+} TraceState;
+
+static PyTypeObject TraceStateType;
+
+static long long clock_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* TraceState(trace_id, span_id, attempt_id | None, parent_id | None, tracestate | None) */
+static PyObject *TraceState_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 5 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "TraceState(trace_id, span_id, attempt_id, parent_id, tracestate)");
+        return NULL;
+    }
+    PyObject *ids = args[2] == Py_None ? PyList_New(0) : PyList_New(1);
+    if (ids == NULL) return NULL;
+    if (args[2] != Py_None) PyList_SET_ITEM(ids, 0, Py_NewRef(args[2]));
+    TraceState *ts = PyObject_GC_New(TraceState, &TraceStateType);
+    if (ts == NULL) {
+        Py_DECREF(ids);
+        return NULL;
+    }
+    ts->rec = Py_NewRef(Py_None);
+    ts->trace_id = Py_NewRef(args[0]);
+    ts->span_id = Py_NewRef(args[1]);
+    ts->attempt_ids = ids;
+    ts->parent_id = Py_NewRef(args[3]);
+    ts->tracestate = Py_NewRef(args[4]);
+    ts->content = Py_NewRef(Py_None);
+    ts->start = clock_ns(CLOCK_REALTIME);
+    ts->t0 = clock_ns(CLOCK_MONOTONIC); /* time.perf_counter_ns's clock: attempts' t0 are on it */
+    ts->end = 0;
+    PyObject_GC_Track(ts);
+    return (PyObject *)ts;
+}
+
+static PyObject *TraceState_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "TraceState takes positional arguments only");
+        return NULL;
+    }
+    return TraceState_vectorcall((PyObject *)type, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args),
+                                 NULL);
+}
+
+static int TraceState_traverse(TraceState *self, visitproc visit, void *arg) {
+    Py_VISIT(self->rec);
+    Py_VISIT(self->attempt_ids);
+    Py_VISIT(self->content);
+    return 0;
+}
+
+static int TraceState_clear(TraceState *self) {
+    Py_CLEAR(self->rec);
+    Py_CLEAR(self->attempt_ids);
+    Py_CLEAR(self->content);
+    return 0;
+}
+
+static void TraceState_dealloc(TraceState *self) {
+    PyObject_GC_UnTrack(self);
+    TraceState_clear(self);
+    Py_CLEAR(self->trace_id);
+    Py_CLEAR(self->span_id);
+    Py_CLEAR(self->parent_id);
+    Py_CLEAR(self->tracestate);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *encode_request(PyObject *req, PyObject *rec, PyObject *enc);
+
+/* encode(encoder) -> (framed spans, count): this request's spans, once (it lets go of the record) */
+static PyObject *TraceState_encode(TraceState *self, PyObject *enc) {
+    PyObject *rec = self->rec;
+    if (rec == NULL || rec == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "TraceState.encode: the request has not finished (rec is None)");
+        return NULL;
+    }
+    self->rec = Py_NewRef(Py_None); /* encoded: no rec <-> state cycle from here on */
+    PyObject *out = encode_request((PyObject *)self, rec, enc);
+    if (out == Py_None) {
+        Py_DECREF(out);
+        PyObject *args[3] = {(PyObject *)self, rec, enc};
+        out = PyObject_Vectorcall(py_encode_request_fn, args, 3, NULL);
+    }
+    Py_DECREF(rec);
+    return out;
+}
+
+static PyObject *make_traceparent(PyObject *trace_id, PyObject *span_id, int sampled);
+
+/* propagate(headers, span_id): traceparent (with span_id as the parent) and tracestate for a call */
+static PyObject *TraceState_propagate(TraceState *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "propagate(headers, span_id)");
+        return NULL;
+    }
+    PyObject *tp = make_traceparent(self->trace_id, args[1], 1);
+    if (tp == NULL) return NULL;
+    int err = PyObject_SetItem(args[0], S[S_traceparent], tp);
+    Py_DECREF(tp);
+    if (err < 0) return NULL;
+    if (self->tracestate != NULL && self->tracestate != Py_None) {
+        int t = PyObject_IsTrue(self->tracestate);
+        if (t < 0 || (t && PyObject_SetItem(args[0], S[S_tracestate], self->tracestate) < 0)) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef TraceState_methods[] = {
+    {"encode", (PyCFunction)TraceState_encode, METH_O,
+     "encode(encoder) -> (framed spans, count); the record is let go"},
+    {"propagate", (PyCFunction)(void (*)(void))TraceState_propagate, METH_FASTCALL,
+     "propagate(headers, span_id): set traceparent (and tracestate) for an upstream call"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef TraceState_members[] = {
+    {"rec", T_OBJECT, offsetof(TraceState, rec), 0, "the RequestRecord, from finish() until encoded"},
+    {"trace_id", T_OBJECT, offsetof(TraceState, trace_id), READONLY, NULL},
+    {"span_id", T_OBJECT, offsetof(TraceState, span_id), READONLY, "the request (SERVER) span's id"},
+    {"attempt_ids", T_OBJECT, offsetof(TraceState, attempt_ids), 0, "span ids of attempt 1, 2..."},
+    {"parent_id", T_OBJECT, offsetof(TraceState, parent_id), READONLY, "the caller's span id, or None"},
+    {"tracestate", T_OBJECT, offsetof(TraceState, tracestate), READONLY, NULL},
+    {"content", T_OBJECT, offsetof(TraceState, content), 0, "recorded prompt/completion attributes, or None"},
+    {"start", T_LONGLONG, offsetof(TraceState, start), 0, "time.time_ns() at the start"},
+    {"t0", T_LONGLONG, offsetof(TraceState, t0), 0, "time.perf_counter_ns() at the start"},
+    {"end", T_LONGLONG, offsetof(TraceState, end), 0, "time.time_ns() at the end; 0 until finished"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TraceStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway._spanenc.TraceState",
+    .tp_doc = "A recorded request's tracing state (tracing.py's _Req, compiled).",
+    .tp_basicsize = sizeof(TraceState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = TraceState_new,
+    .tp_vectorcall = TraceState_vectorcall,
+    .tp_traverse = (traverseproc)TraceState_traverse,
+    .tp_clear = (inquiry)TraceState_clear,
+    .tp_dealloc = (destructor)TraceState_dealloc,
+    .tp_methods = TraceState_methods,
+    .tp_members = TraceState_members,
+};
 
 /* ------------------------------------------------------------------ output buffer */
 
@@ -270,33 +462,6 @@ static const char K_TOUT[] = "gen_ai.usage.output_tokens";
 static const char K_COMPLETION[] = "llm.token_count.completion";
 static const char K_TOTAL[] = "llm.token_count.total";
 
-/* interned attribute names and constants, made at import */
-enum {
-    N_trace_id, N_span_id, N_attempt_ids, N_parent_id, N_content, N_start, N_end, N_t0,  /* _Req */
-    N_attempts, N_operation, N_alias, N_stream, N_outcome, N_mirrored, N_status, N_response_model,
-    N_served_model, N_error_type, N_cohort, N_cohort_reason, N_route_id, N_served_by, N_arm,
-    N_fallback_reason, N_key_name, N_finish_reasons, N_request_params, N_request_id, N_input_tokens,
-    N_output_tokens, N_ttft_s, N_cohort_confidence, N_evals,                                  /* record */
-    N_client, N_upstream, N_model, N_seconds, N_upstream_status,                              /* Attempt */
-    N_blocks,                                                                                 /* Encoder */
-    S_root, S_attempt, S_ok, S_pending, S_client_closed,                                      /* values */
-    N_COUNT
-};
-static const char *const NAMES[N_COUNT] = {
-    "trace_id", "span_id", "attempt_ids", "parent_id", "content", "start", "end", "t0",
-    "attempts", "operation", "alias", "stream", "outcome", "mirrored", "status", "response_model",
-    "served_model", "error_type", "cohort", "cohort_reason", "route_id", "served_by", "arm",
-    "fallback_reason", "key_name", "finish_reasons", "request_params", "request_id", "input_tokens",
-    "output_tokens", "ttft_s", "cohort_confidence", "evals",
-    "client", "upstream", "model", "seconds", "upstream_status",
-    "blocks",
-    "root", "attempt", "ok", "pending", "client_closed",
-};
-static PyObject *S[N_COUNT];
-
-/* the Python builders of missing blocks (tracing_attrs._attempt_block, _root_block, _hashable) */
-static PyObject *attempt_block_fn, *root_block_fn, *hashable_fn;
-
 static int is_str(PyObject *o, int name) {
     return PyUnicode_Check(o) && PyUnicode_Compare(o, S[name]) == 0;
 }
@@ -372,7 +537,7 @@ static PyObject *block(PyObject *blocks, PyObject *key, PyObject *build_fn, PyOb
 }
 
 /* One CLIENT span per upstream attempt, appended to `out`. Returns -1 on error. */
-static int encode_attempts(Buf *out, PyObject *req, PyObject *rec, PyObject *enc, PyObject *blocks,
+static int encode_attempts(Buf *out, PyObject *rec, PyObject *enc, PyObject *blocks,
                            PyObject *attempts, PyObject *aids, const char *tid, const char *sid,
                            long long rstart, long long rend, long long rt0, PyObject *operation,
                            PyObject *r_outcome, PyObject *r_error_type, PyObject *served_by,
@@ -499,16 +664,11 @@ static PyObject *root_key(PyObject *rec, PyObject *attempts, PyObject *operation
 static int bytes_of(PyObject *o, Py_ssize_t size) { return PyBytes_Check(o) && PyBytes_GET_SIZE(o) == size; }
 
 /* encode_request(req, rec, enc) -> (bytes, span count) | None: see the header comment */
-static PyObject *py_encode_request(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "encode_request(req, rec, encoder)");
-        return NULL;
-    }
+static PyObject *encode_request(PyObject *req, PyObject *rec, PyObject *enc) {
     if (attempt_block_fn == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "gateway._spanenc.configure() was not called");
         return NULL;
     }
-    PyObject *req = args[0], *rec = args[1], *enc = args[2];
     PyObject *result = NULL;
     Buf out;
     buf_init(&out);
@@ -517,8 +677,17 @@ static PyObject *py_encode_request(PyObject *m, PyObject *const *args, Py_ssize_
     static const int attr[NV] = {N_trace_id, N_span_id, N_attempt_ids, N_parent_id, N_content, N_start, N_end,
                                  N_t0};
     PyObject *v[NV] = {NULL};
-    for (int i = tid; i <= t0; i++)
-        if (!(v[i] = get(req, attr[i]))) goto done;
+    long long rstart, rend, rt0;
+    if (Py_IS_TYPE(req, &TraceStateType)) { /* the compiled trace state: its fields directly */
+        TraceState *ts = (TraceState *)req;
+        PyObject *f[] = {ts->trace_id, ts->span_id, ts->attempt_ids, ts->parent_id, ts->content};
+        for (int i = tid; i <= content; i++) v[i] = Py_NewRef(f[i] ? f[i] : Py_None);
+        rstart = ts->start, rend = ts->end, rt0 = ts->t0;
+    } else {
+        for (int i = tid; i <= t0; i++)
+            if (!(v[i] = get(req, attr[i]))) goto done;
+        if (as_ll(v[start], &rstart) < 0 || as_ll(v[end], &rend) < 0 || as_ll(v[t0], &rt0) < 0) goto done;
+    }
     static const int rattr[] = {N_attempts, N_operation, N_stream, N_outcome, N_error_type, N_served_by,
                                 N_response_model, N_request_id, N_input_tokens, N_output_tokens, N_ttft_s,
                                 N_cohort_confidence, N_evals};
@@ -546,12 +715,10 @@ static PyObject *py_encode_request(PyObject *m, PyObject *const *args, Py_ssize_
         Py_INCREF(result);
         goto done;
     }
-    long long rstart, rend, rt0;
-    if (as_ll(v[start], &rstart) < 0 || as_ll(v[end], &rend) < 0 || as_ll(v[t0], &rt0) < 0) goto done;
     int is_stream = PyObject_IsTrue(v[stream]);
     if (is_stream < 0) goto done;
     const char *tid_b = PyBytes_AS_STRING(v[tid]), *sid_b = PyBytes_AS_STRING(v[sid]);
-    if (encode_attempts(&out, req, rec, enc, v[blocks], v[attempts], v[aids], tid_b, sid_b, rstart, rend, rt0,
+    if (encode_attempts(&out, rec, enc, v[blocks], v[attempts], v[aids], tid_b, sid_b, rstart, rend, rt0,
                         v[operation], v[outcome], v[error_type], v[served_by], v[response_model], is_stream) < 0)
         goto done;
     Py_ssize_t last = PyList_GET_SIZE(v[attempts]);
@@ -622,15 +789,25 @@ done:
     return result;
 }
 
-static PyObject *py_configure(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) || !PyCallable_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "configure(attempt_block, root_block, hashable): three callables");
+static PyObject *py_encode_request(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encode_request(req, rec, encoder)");
         return NULL;
     }
-    Py_INCREF(args[0]), Py_INCREF(args[1]), Py_INCREF(args[2]);
-    Py_XSETREF(attempt_block_fn, args[0]);
-    Py_XSETREF(root_block_fn, args[1]);
-    Py_XSETREF(hashable_fn, args[2]);
+    return encode_request(args[0], args[1], args[2]);
+}
+
+static PyObject *py_configure(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) || !PyCallable_Check(args[2]) ||
+        !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "configure(attempt_block, root_block, hashable, encode_request): "
+                                         "four callables");
+        return NULL;
+    }
+    Py_XSETREF(attempt_block_fn, Py_NewRef(args[0]));
+    Py_XSETREF(root_block_fn, Py_NewRef(args[1]));
+    Py_XSETREF(hashable_fn, Py_NewRef(args[2]));
+    Py_XSETREF(py_encode_request_fn, Py_NewRef(args[3]));
     Py_RETURN_NONE;
 }
 
@@ -699,5 +876,12 @@ PyMODINIT_FUNC PyInit__spanenc(void) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
         return NULL;
     }
-    return PyModule_Create(&moduledef);
+    if (PyType_Ready(&TraceStateType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "TraceState", (PyObject *)&TraceStateType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.request import Attempt, RequestRecord
-from gateway.tracing_attrs import encode_request, fast_encode_request, server_attrs, usage
+from gateway.tracing_attrs import encode_request, server_attrs, usage
 from gateway.tracing_batch import BatchExporter
 from gateway.tracing_export import (
     CLIENT,
@@ -122,11 +122,12 @@ def parse_traceparent(value: str) -> tuple[bytes, bytes, bool] | None:
     return tid, sid, bool(flags & 1)
 
 
-class _Req:
+class _PyReq:
     """A recorded (sampled) request's tracing state, kept on its RequestRecord as `rec.trace`
     from begin() on (a mirror still links to it after the request ended); once finished, the
     exporter's queue item for the request's spans (`encode`). A shadow call's state is the same
-    class, current in the `_CUR` ContextVar during the call (rec None).
+    class, current in the `_CUR` ContextVar during the call (rec None). `_Req` is this class or,
+    when built, its compiled twin `gateway._spanenc.TraceState` (same fields and methods).
 
     The attempts' CLIENT spans need no state of their own: they are written from the request's
     `Attempt` records (client, start, duration, outcome); only their span ids live here, drawn
@@ -151,10 +152,6 @@ class _Req:
     def encode(self, enc: Encoder) -> tuple[bytes, int]:
         rec = self.rec
         self.rec = None  # encoded: no rec <-> req cycle from here on
-        if fast_encode_request is not None:
-            out = fast_encode_request(self, rec, enc)  # type: ignore[arg-type]
-            if out is not None:
-                return out
         return encode_request(self, rec, enc)  # type: ignore[arg-type]
 
     def propagate(self, headers: dict[str, str], span_id: bytes) -> None:
@@ -163,8 +160,13 @@ class _Req:
             headers["tracestate"] = self.tracestate
 
 
-if compiled is not None:  # the compiled encoder reads these classes' fields straight from their slots
-    compiled.slots(RequestRecord, Attempt, _Req)
+if TYPE_CHECKING:
+    _Req = _PyReq
+elif compiled is not None:
+    _Req = compiled.TraceState
+    compiled.slots(RequestRecord, Attempt)  # the compiled encoder reads their fields straight from their slots
+else:
+    _Req = _PyReq
 
 
 class Tracing:

@@ -9,14 +9,13 @@ docs/observability.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.request import Attempt, RequestRecord
 from gateway.tracing_export import CLIENT, SERVER, STATUS_ERROR, Encoder, compiled, lenb, pack_times, span_id
 
 if TYPE_CHECKING:
-    from gateway.tracing import _Req
+    from gateway.tracing import _PyReq as _Req
 
 # request body field -> span attribute
 PARAM_ATTRS = {
@@ -85,7 +84,8 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
     request. What repeats across requests (name, operation, models, cohort, route, outcome,
     request parameters...) is a cached block per distinct combination; per request only the ids,
     times, request id and token counts are encoded, and everything is joined once.
-    The reference for `fast_encode_request` (gateway/_spanenc.c), which writes the same bytes."""
+    The reference for the compiled TraceState.encode (gateway/_spanenc.c), which writes the same
+    bytes."""
     tid, sid = req.trace_id, req.span_id
     blocks = enc.blocks
     out: list[bytes] = []
@@ -245,9 +245,8 @@ def root_fixed(rec: RequestRecord, client: Any) -> dict[str, Any]:
     return a
 
 
-# The compiled encoder: the same bytes for the usual request shapes, None for the others (then
-# encode_request runs). It shares the encoder's block cache and fills it with the builders above.
-fast_encode_request: Callable[[_Req, RequestRecord, Encoder], tuple[bytes, int] | None] | None = None
+# The compiled trace state (gateway/_spanenc.c) encodes the usual request shapes itself, with the
+# same bytes, and hands the others to encode_request; it shares the encoder's block cache and fills
+# it with the builders above.
 if compiled is not None:
-    compiled.configure(_attempt_block, _root_block, _hashable)
-    fast_encode_request = compiled.encode_request
+    compiled.configure(_attempt_block, _root_block, _hashable, encode_request)

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from gateway import tracing_export
 from gateway.request import Attempt, RequestRecord
-from gateway.tracing import _Req
+from gateway.tracing import _PyReq
 from gateway.tracing_attrs import encode_request
 from gateway.tracing_export import Encoder, _ids, _traceparent
 
@@ -26,6 +26,12 @@ try:
 except ImportError as exc:  # pragma: no cover - a broken install
     raise AssertionError("gateway._spanenc is not built: run scripts/bootstrap (pip install -e . needs gcc "
                          "and the Python headers)") from exc
+
+
+# A run in pure-Python mode (COHORTGATE_PURE_PYTHON=1) tests the reference path everywhere else;
+# the compiled module is then not wired to it (configure/slots), so its own tests stand aside.
+compiled_only = pytest.mark.skipif(bool(os.environ.get("COHORTGATE_PURE_PYTHON")),
+                                   reason="COHORTGATE_PURE_PYTHON=1: the compiled path is off in this run")
 
 
 class _Client:
@@ -37,7 +43,7 @@ class _Client:
 CLIENTS = [_Client("a", 8000), _Client("b", 8001), None]
 
 
-def _record(r: random.Random, i: int) -> tuple[_Req, RequestRecord]:
+def _record(r: random.Random, i: int) -> tuple[_PyReq, RequestRecord]:
     rid = r.choice([f"req_{i:012x}", "x" * r.choice([1, 127, 128]), f"é-{i}", f"bad-\udc80-{i}"])
     rec = RequestRecord(rid, operation=r.choice(["chat", "text_completion"]))
     rec.alias = r.choice(["m", "", "billing-model"])
@@ -51,7 +57,7 @@ def _record(r: random.Random, i: int) -> tuple[_Req, RequestRecord]:
                                    (("stop", "x"), ("n", 2)), (("seed", 7), ("stop", [["nested"]]))])
     trace_id, sid, aid = _ids()
     parent = r.choice([None, None, os.urandom(8)])
-    req = _Req(trace_id, sid, aid, parent, None)
+    req = _PyReq(trace_id, sid, aid, parent, None)
     for n in range(r.choice([0, 1, 1, 1, 2, 3])):
         client = r.choice(CLIENTS)
         att = Attempt(r.choice(["a", "b"]), r.choice(["a-served", "b-served"]), client=client,
@@ -85,7 +91,7 @@ def _record(r: random.Random, i: int) -> tuple[_Req, RequestRecord]:
     return req, rec
 
 
-def _python_shape(req: _Req, rec: RequestRecord) -> bool:
+def _python_shape(req: _PyReq, rec: RequestRecord) -> bool:
     """The request shapes the compiled encoder takes (the rest return None)."""
     try:
         rec.request_id.encode()
@@ -95,13 +101,14 @@ def _python_shape(req: _Req, rec: RequestRecord) -> bool:
             and rec.cohort_confidence is None and (rec.ttft_s is None or type(rec.ttft_s) is float))
 
 
-def _copy(req: _Req) -> _Req:
-    c = _Req(req.trace_id, req.span_id, None, req.parent_id, req.tracestate)
+def _copy(req: _PyReq) -> _spanenc.TraceState:
+    c = _spanenc.TraceState(req.trace_id, req.span_id, None, req.parent_id, req.tracestate)
     c.attempt_ids, c.start, c.t0, c.end, c.content = list(req.attempt_ids), req.start, req.t0, req.end, req.content
     return c
 
 
-def test_compiled_encoder_writes_the_python_encoders_bytes():
+@compiled_only
+def test_compiled_trace_state_writes_the_python_encoders_bytes():
     r = random.Random(20261126)
     resource = {"service.name": "cohortgate-test"}
     py_enc, c_enc = Encoder(resource, "s", "1"), Encoder(resource, "s", "1")
@@ -109,23 +116,49 @@ def test_compiled_encoder_writes_the_python_encoders_bytes():
     for i in range(3000):
         req, rec = _record(r, i)
         c_req = _copy(req)
-        got = _spanenc.encode_request(c_req, rec, c_enc)
-        if not _python_shape(req, rec):
-            assert got is None, (i, rec)
-            assert c_req.attempt_ids == req.attempt_ids  # nothing changed before declining
-            continue
+        usual = _python_shape(req, rec)
+        # the compiled encoder declines the unusual shapes before changing anything...
+        declined = _spanenc.encode_request(c_req, rec, c_enc) is None
+        assert declined == (not usual), (i, rec)
+        if declined:
+            assert c_req.attempt_ids == req.attempt_ids
+        # ...which TraceState.encode then hands to the Python encoder
+        c_req = _copy(req)
+        c_req.rec = rec
+        got = c_req.encode(c_enc)
+        assert c_req.rec is None  # encoded: the record is let go
         # attempts the proxy did not announce got ids of their own: the reference gets the same ones
         assert len(c_req.attempt_ids) == max(len(req.attempt_ids), len(rec.attempts))
         assert c_req.attempt_ids[:len(req.attempt_ids)] == req.attempt_ids
         req.attempt_ids = list(c_req.attempt_ids)
         assert got == encode_request(req, rec, py_enc), (i, rec)
-        taken.append(got[0])
+        if usual:
+            taken.append(got[0])
     assert len(taken) > 700  # a good share of the generated shapes are the usual ones
     # and the bytes are OTLP: an export request of them decodes with opentelemetry-proto
     export = ExportTraceServiceRequest.FromString(c_enc.request(taken[:50]))
     assert len(export.resource_spans[0].scope_spans[0].spans) >= 50
 
 
+@compiled_only
+def test_trace_state_matches_the_python_class():
+    t, s, a = _spanenc.ids()
+    py, c = _PyReq(t, s, a, None, "k=v"), _spanenc.TraceState(t, s, a, None, "k=v")
+    for name in ("rec", "trace_id", "span_id", "attempt_ids", "parent_id", "tracestate", "content", "end"):
+        assert getattr(c, name) == getattr(py, name), name
+    assert abs(c.start - py.start) < 10**9 and abs(c.t0 - py.t0) < 10**9  # the same clocks
+    hp: dict[str, str] = {}
+    hc: dict[str, str] = {}
+    py.propagate(hp, a)
+    c.propagate(hc, a)
+    assert hp == hc == {"traceparent": _traceparent(t, a, True), "tracestate": "k=v"}
+    with pytest.raises(RuntimeError, match="not finished"):
+        c.encode(Encoder({}, "s", "1"))
+    with pytest.raises(TypeError):
+        _spanenc.TraceState(t, s)  # type: ignore[call-arg]
+
+
+@compiled_only
 def test_blocks_made_by_either_path_serve_the_other():
     r = random.Random(7)
     enc = Encoder({"service.name": "x"}, "s", "1")
@@ -136,8 +169,9 @@ def test_blocks_made_by_either_path_serve_the_other():
         while len(req.attempt_ids) < len(rec.attempts):  # announced ids: both paths use the same
             req.attempt_ids.append(tracing_export.span_id())
         c_req = _copy(req)
-        first = (encode_request if i % 2 else _spanenc.encode_request)(req, rec, enc)
-        second = (_spanenc.encode_request if i % 2 else encode_request)(c_req, rec, enc)
+        c_req.rec = rec
+        first = encode_request(req, rec, enc) if i % 2 else c_req.encode(enc)
+        second = c_req.encode(enc) if i % 2 else encode_request(req, rec, enc)
         assert first == second
 
 
@@ -185,8 +219,9 @@ def test_pure_python_mode_is_selectable(monkeypatch: Any):
     import subprocess
     import sys
 
-    code = "from gateway import tracing_export as t, tracing_attrs as a; print(t.compiled is None, a.fast_encode_request)"
+    code = "from gateway import tracing_export as t, tracing as a; print(t.compiled is None, a._Req.__name__)"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "COHORTGATE_PURE_PYTHON": "1"},
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "None"]
-    assert importlib.import_module("gateway.tracing_export").compiled is _spanenc
+    assert out == ["True", "_PyReq"]
+    if not os.environ.get("COHORTGATE_PURE_PYTHON"):  # this run's own mode
+        assert importlib.import_module("gateway.tracing_export").compiled is _spanenc
