@@ -34,7 +34,12 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$SINK_PORT/stats" >/dev/null 
 
 POLICY="sed -e 's#@UPSTREAM@#{upstream_v1}#' -e 's#@KEYHASH@#$KEYHASH#' $TMPL > {workdir}/policy.yaml"
 SERVE="$GW serve --policy {workdir}/policy.yaml --host 127.0.0.1 --port {port} --log-level WARNING"
-SCRAPE="{ (while sleep 1; do curl -s -o /dev/null http://127.0.0.1:{port}/metrics; done) & }"
+# The scraper stands in for Prometheus: it runs on the load generator's CPU and outside the
+# gateway's process tree (a double fork), so its curl processes count neither against the
+# gateway's core nor in its CPU per request; the gateway's own /metrics work does. It stops with
+# the target's process group.
+SCRAPE_PIN=""; [ ${#PIN[@]} -gt 0 ] && SCRAPE_PIN="taskset -c 0"
+SCRAPE="{ ( $SCRAPE_PIN sh -c 'while sleep 1; do curl -s -o /dev/null http://127.0.0.1:{port}/metrics; done' & ) ; }"
 OTEL="OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$SINK_PORT OTEL_SERVICE_NAME=cohortgate-bench"
 SAMPLED="OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1"
 "$BENCH/gateway_bench.py" --peers none \
