@@ -1,4 +1,4 @@
-"""Types of the compiled fast path of request tracing (gateway/_spanenc.c)."""
+"""Types of the compiled fast path of request tracing (gateway/_spanenc_c/)."""
 
 from collections.abc import Callable
 from typing import Any

@@ -84,7 +84,7 @@ def encode_request(req: _Req, rec: RequestRecord, enc: Encoder) -> tuple[bytes, 
     request. What repeats across requests (name, operation, models, cohort, route, outcome,
     request parameters...) is a cached block per distinct combination; per request only the ids,
     times, request id and token counts are encoded, and everything is joined once.
-    The reference for the compiled TraceState.encode (gateway/_spanenc.c), which writes the same
+    The reference for the compiled TraceState.encode (gateway/_spanenc_c/), which writes the same
     bytes."""
     tid, sid = req.trace_id, req.span_id
     blocks = enc.blocks
@@ -245,7 +245,7 @@ def root_fixed(rec: RequestRecord, client: Any) -> dict[str, Any]:
     return a
 
 
-# The compiled trace state (gateway/_spanenc.c) encodes the usual request shapes itself, with the
+# The compiled trace state (gateway/_spanenc_c/) encodes the usual request shapes itself, with the
 # same bytes, and hands the others to encode_request; it shares the encoder's block cache and fills
 # it with the builders above.
 if compiled is not None:

@@ -6,7 +6,7 @@ path (attribute validation under a lock, per attribute) plus about 150 us in the
 (one protobuf object per attribute): more than the gateway's own work per request. Here a
 traced request's hooks, encoding and export cost about 14.5% of the gateway's own
 instructions per request in pure Python, and about 7.5% with the compiled fast path
-(gateway/_spanenc.c: ids, traceparent, the request's trace state and the encoding of its
+(gateway/_spanenc_c/: ids, traceparent, the request's trace state and the encoding of its
 spans; this module and tracing_attrs.py are its reference and fallback). docs/observability.md
 has the measurements; the shutdown log line reports the time per span of both export stages.
 The wire format is the same OTLP protobuf
@@ -58,7 +58,7 @@ def _traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> str:
     return f"00-{trace_id.hex()}-{span_id.hex()}-{'01' if sampled else '00'}"
 
 
-# The compiled fast path (gateway/_spanenc.c, built at install when a C compiler is there) writes
+# The compiled fast path (gateway/_spanenc_c/, built at install when a C compiler is there) writes
 # the same ids, traceparents and span bytes for a fraction of the CPU; COHORTGATE_PURE_PYTHON=1
 # turns it off.
 try:

@@ -168,7 +168,7 @@ def test_wheel_install_has_no_heavy_dependencies(image_venv: Path) -> None:
 
 
 def test_wheel_carries_the_compiled_tracing_encoder(image_venv: Path) -> None:
-    """The wheel is built with gateway/_spanenc.c compiled (the image's build stage has gcc too):
+    """The wheel is built with gateway/_spanenc_c/ compiled (the image's build stage has gcc too):
     without it, tracing every request costs about 15% of the gateway's CPU instead of under 10%."""
     code = "from gateway import tracing_export; print(tracing_export.compiled is not None)"
     out = _run([str(image_venv / "bin" / "python"), "-c", code], timeout=60, cwd="/").stdout

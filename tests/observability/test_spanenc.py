@@ -1,4 +1,4 @@
-"""The compiled tracing fast path (gateway/_spanenc.c) against its Python reference: the same
+"""The compiled tracing fast path (gateway/_spanenc_c/) against its Python reference: the same
 span bytes for every request shape it takes, None (so the Python encoder runs) for the others,
 valid ids and traceparents, and ids that differ across a fork.
 
