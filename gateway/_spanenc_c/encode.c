@@ -18,7 +18,6 @@
 static PyObject *attempt_block_fn, *root_block_fn, *hashable_fn;
 PyObject *se_py_encode_request_fn;
 
-
 #define KEY(s) s, KLEN(s)
 #define KLEN(k) ((Py_ssize_t)sizeof(k) - 1)
 static const char K_REQUEST_ID[] = "cohortgate.request_id";

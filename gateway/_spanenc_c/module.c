@@ -30,7 +30,6 @@ static const char *const NAMES[N_COUNT] = {
 };
 PyObject *se_names[N_COUNT];
 
-
 static PyMethodDef methods[] = {
     {"ids", se_py_ids, METH_NOARGS, "ids() -> (trace_id: 16 bytes, span_id: 8 bytes, span_id: 8 bytes), none all-zero"},
     {"span_id", se_py_span_id, METH_NOARGS, "span_id() -> 8 random bytes, not all zero"},
@@ -42,7 +41,8 @@ static PyMethodDef methods[] = {
     {"slots", (PyCFunction)(void (*)(void))se_py_slots, METH_FASTCALL,
      "slots(*classes): read these __slots__ classes' fields directly (the record, attempt and trace state)"},
     {"configure", (PyCFunction)(void (*)(void))se_py_configure, METH_FASTCALL,
-     "configure(attempt_block, root_block, hashable): the Python builders of uncached blocks"},
+     "configure(attempt_block, root_block, hashable, encode_request): the Python builders of uncached "
+     "blocks, and the Python encoder for the shapes the compiled one declines"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,7 +4,6 @@
 
 #include <time.h>
 
-
 static long long clock_ns(clockid_t clock) {
     struct timespec ts;
     clock_gettime(clock, &ts);
