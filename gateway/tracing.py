@@ -51,7 +51,6 @@ from gateway.tracing_export import (
     SpanData,
     compiled,
     new_ids,
-    rand,
     span_id,
     traceparent,
 )
@@ -219,7 +218,7 @@ class Tracing:
         if parent is None:  # a new trace: the root sampler decides (on the trace id's low 64 bits)
             trace_id, sid, aid = new_ids()  # with the request span's and first attempt's ids
             s = self.sampler
-            if s.always or int.from_bytes(trace_id[8:], "big") < s.bound:
+            if s.always or s.root(trace_id):
                 rec.trace = _Req(trace_id, sid, aid, None, None)
                 return True
             rec.trace = (traceparent(trace_id, sid, False), None)
@@ -301,9 +300,9 @@ class Tracing:
         primary = rec.trace  # a _Req when the request was recorded, a tuple when not
         client = self.state.runtime.upstreams.get(upstream_name) if self.state is not None else None
         model = client.spec.model if client is not None else upstream_name
-        trace_id = (rand.getrandbits(128) or 1).to_bytes(16, "big")
+        trace_id, sid, _ = new_ids()
         sampled = type(primary) is _Req or (primary is None and self.sampler.root(trace_id))
-        req = _Req(trace_id, span_id(), None, None, None)
+        req = _Req(trace_id, sid, None, None, None)
         span = SpanData(trace_id, req.span_id, None, f"{rec.operation} {model}", CLIENT, req.start, 0)
         span.attrs = {
             "gen_ai.operation.name": rec.operation, "gen_ai.request.model": model,

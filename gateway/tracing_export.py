@@ -38,16 +38,16 @@ _LOW64 = 0xFFFFFFFFFFFFFFFF
 # three times faster than formatting ints with "032x". They need uniqueness, not secrecy: a
 # Mersenne twister seeded from os.urandom, as the SDK's generator is (the compiled path draws
 # them from getrandom(2) bytes).
-rand = random.Random()
+_rand = random.Random()
 
 
 def _span_id() -> bytes:
-    return (rand.getrandbits(64) or 1).to_bytes(8, "big")  # never all-zero (W3C)
+    return (_rand.getrandbits(64) or 1).to_bytes(8, "big")  # never all-zero (W3C)
 
 
 def _ids() -> tuple[bytes, bytes, bytes]:
     """A new trace id, the request span's id and its first attempt's, in one draw."""
-    x = rand.getrandbits(256)
+    x = _rand.getrandbits(256)
     if not (x >> 128 and x >> 64 & _LOW64 and x & _LOW64):  # all-zero ids are invalid (W3C)
         x |= 1 << 128 | 1 << 64 | 1
     b = x.to_bytes(32, "big")
